@@ -1,0 +1,1 @@
+"""AiiDA CalcJobs (train, explore, ASE label) and calcfunctions."""

@@ -1,0 +1,1 @@
+"""Exploration: (uncertainty-biased) molecular dynamics, walkers, stop criteria, candidate pools. No AiiDA import."""

@@ -1,0 +1,1 @@
+"""Batch selection: MaxDiag, MaxDet, MaxDist, LCMD, MaxVol and threshold windows. No AiiDA import."""

@@ -1,0 +1,1 @@
+"""Uncertainty estimates: gradient features, GP posterior, committee deviation, KPU, D-optimality, conformal calibration. No AiiDA import."""

@@ -1,0 +1,1 @@
+"""AiiDA work chains: labelling, the active-learning campaign, protocols."""

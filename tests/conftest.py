@@ -1,0 +1,37 @@
+"""Shared fixtures: AiiDA's own pytest fixtures (temporary SQLite profile) plus small structures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest_plugins = ['aiida.tools.pytest_fixtures']
+
+
+@pytest.fixture
+def copper_structures():
+    """Five labelled EMT copper configurations (32 atoms, rattled), with per-configuration info."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    structures = []
+    for index in range(5):
+        atoms = bulk('Cu', 'fcc', a=3.61, cubic=True) * (2, 2, 2)
+        atoms.rattle(stdev=0.05, seed=index)
+        atoms.set_cell(atoms.cell[:] * (1.0 + 0.01 * index), scale_atoms=True)
+        atoms.calc = EMT()
+        results = {
+            'energy': atoms.get_potential_energy(),
+            'forces': atoms.get_forces(),
+            'stress': atoms.get_stress(),
+        }
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info.update({'source': 'emt', 'round': 0, 'walker': index, 'step': 10 * index})
+        structures.append(atoms)
+    return structures
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

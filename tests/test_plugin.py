@@ -1,0 +1,24 @@
+"""The package is an installed AiiDA plugin: entry points resolve and `verdi plugin list` shows them."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from aiida.plugins import DataFactory
+
+
+@pytest.mark.parametrize(
+    ('entry_point', 'class_name'), [('alkit.dataset', 'DatasetData'), ('alkit.potential', 'PotentialData')]
+)
+def test_data_entry_points(entry_point, class_name):
+    assert DataFactory(entry_point).__name__ == class_name
+
+
+def test_verdi_plugin_list_shows_data_types():
+    verdi = str(pathlib.Path(sys.executable).parent / 'verdi')
+    out = subprocess.run([verdi, 'plugin', 'list', 'aiida.data'], capture_output=True, text=True, check=True).stdout
+    assert 'alkit.dataset' in out
+    assert 'alkit.potential' in out
