@@ -156,23 +156,46 @@ def _ensure_profile(name: str, postgres: bool, rabbitmq: bool, report: SetupRepo
     report.add('profile', 'created', f'{storage_backend} + {broker_backend} in {config.dirpath}')
 
 
-def _postgres_storage_config(name: str) -> dict:
-    from aiida.cmdline.commands.cmd_presto import detect_postgres_config
+def _postgres_storage_config(name: str, host: str = '127.0.0.1', port: int = 5432) -> dict:
+    """Create (or reuse) a PostgreSQL role and database for profile ``name``; return the storage config.
 
+    The database uses the ``C.UTF-8`` locale, which every Debian system has, rather than ``en_US.UTF-8`` (what
+    ``verdi presto`` asks for), which a server started before that locale was generated cannot use.
+    Identifiers are passed through ``psycopg.sql.Identifier``, never pasted into SQL text.
+    """
+    import secrets
+
+    import psycopg
+    from aiida.manage.configuration.settings import AiiDAConfigDir
+    from psycopg import sql
+
+    database = user = f'aiida-{name}'
+    password = secrets.token_hex(15)
     try:
-        return detect_postgres_config(
-            profile_name=name,
-            postgres_hostname='127.0.0.1',
-            postgres_port=5432,
-            postgres_username='postgres',
-            postgres_password='',
-            non_interactive=True,
-        )
-    except ConnectionError as exc:
-        raise ConnectionError(
-            f'PostgreSQL asked for but not usable on 127.0.0.1:5432: {exc}. If the error mentions a locale, run: '
-            'localedef -i en_US -f UTF-8 en_US.UTF-8'
-        ) from exc
+        with psycopg.connect(host=host, port=port, user='postgres', dbname='postgres', autocommit=True) as conn:
+            role_exists = conn.execute('SELECT 1 FROM pg_roles WHERE rolname = %s', (user,)).fetchone()
+            verb = 'ALTER' if role_exists else 'CREATE'
+            conn.execute(
+                sql.SQL(verb + ' ROLE {} WITH LOGIN PASSWORD {}').format(sql.Identifier(user), sql.Literal(password))
+            )
+            if not conn.execute('SELECT 1 FROM pg_database WHERE datname = %s', (database,)).fetchone():
+                conn.execute(
+                    sql.SQL(
+                        "CREATE DATABASE {} OWNER {} ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' "
+                        'TEMPLATE template0'
+                    ).format(sql.Identifier(database), sql.Identifier(user))
+                )
+    except psycopg.Error as exc:
+        raise ConnectionError(f'PostgreSQL asked for but not usable on {host}:{port}: {exc}') from exc
+    repository = AiiDAConfigDir.get() / 'repository' / name
+    return {
+        'database_hostname': host,
+        'database_port': port,
+        'database_name': database,
+        'database_username': user,
+        'database_password': password,
+        'repository_uri': repository.as_uri(),
+    }
 
 
 # ---------------------------------------------------------------------- computer and codes

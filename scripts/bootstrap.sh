@@ -30,11 +30,6 @@ if [ "${#missing_debs[@]}" -gt 0 ]; then
     fi
 fi
 
-# PostgreSQL (used by `alkit setup --postgres`) needs the en_US.UTF-8 locale.
-if [ "$(id -u)" = "0" ] && command -v localedef >/dev/null && ! locale -a 2>/dev/null | grep -qi '^en_US\.utf-\?8$'; then
-    localedef -i en_US -f UTF-8 en_US.UTF-8 || log "could not create the en_US.UTF-8 locale"
-fi
-
 if [ ! -x "$VENV/bin/python" ]; then
     log "creating virtual environment $VENV"
     "$PYTHON_BIN" -m venv "$VENV"

@@ -61,6 +61,7 @@ def run_smoke(echo=click.echo, kpoints_distance: float = 0.4, setup: bool = True
                 f'{node.exit_status} {node.exit_message or ""}; see `alkit verdi process report {node.pk}`'
             )
         atoms = labelled_atoms_from_pw(node)
+        atoms.info.update(dataset.get_atoms(index).info)  # keep source / walker metadata with the label
         labelled.append(atoms)
         forces = atoms.get_forces()
         echo(
