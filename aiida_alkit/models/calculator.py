@@ -1,0 +1,58 @@
+"""ASE calculator for a GM-NN model: energy and free energy (eV), forces (eV/Å), stress (eV/Å³, ASE sign)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+from aiida_alkit.models.batching import batch_from_arrays
+from aiida_alkit.models.gmnn import GMNN
+
+__all__ = ['GMNNCalculator']
+
+
+class GMNNCalculator(Calculator):
+    """Evaluate a :class:`~aiida_alkit.models.gmnn.GMNN` on ASE ``Atoms``.
+
+    Stress (Voigt order xx, yy, zz, yz, xz, xy) is provided only for structures periodic in all three directions;
+    asking for it otherwise raises ASE's ``PropertyNotImplementedError``.
+    """
+
+    implemented_properties: ClassVar[list[str]] = ['energy', 'free_energy', 'energies', 'forces', 'stress']
+
+    def __init__(self, model: GMNN, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+
+    def calculate(
+        self, atoms: Any = None, properties: list[str] | None = None, system_changes: list[str] = all_changes
+    ) -> None:
+        super().calculate(atoms, properties or ['energy'], system_changes)
+        atoms = self.atoms
+        properties = properties or ['energy']
+        periodic = bool(np.all(atoms.pbc))
+        model = self.model
+        batch = batch_from_arrays(
+            atoms.get_positions(),
+            atoms.numbers,
+            np.asarray(atoms.cell[:], dtype=np.float64)[None],
+            np.asarray(atoms.pbc, dtype=bool)[None],
+            np.array([0, len(atoms)]),
+            model.species,
+            model.cutoff,
+            device=model.device,
+            dtype=model.dtype,
+        )
+        output = model(batch, compute_forces=True, compute_stress=periodic, training=False)
+        energy = float(output['energy'].detach().cpu().item())
+        self.results = {
+            'energy': energy,
+            'free_energy': energy,
+            'energies': output['atomic_energies'].detach().cpu().numpy().astype(np.float64),
+            'forces': output['forces'].detach().cpu().numpy().astype(np.float64),
+        }
+        if periodic:
+            s = output['stress'][0].detach().cpu().numpy().astype(np.float64)
+            self.results['stress'] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])

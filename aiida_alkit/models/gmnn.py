@@ -1,0 +1,482 @@
+"""Gaussian moment neural network (GM-NN) interatomic potential in PyTorch.
+
+Implements the model of Zaverkin et al. as described in the specification papers (``seeds/001``: Digital Discovery
+2022, Sec. 2.1, eq. 1-6; ``seeds/003``: npj Comput. Mater. 2024, "Gaussian moment neural network", eq. 9-16):
+
+* eq. (1): total energy as a sum of atomic energies, ``E = sum_i E_i(G_i)``;
+* eq. (2)/(11): equivariant moments ``Ψ_{i,L,s} = sum_j R_{Z_i Z_j, s}(r_ij) r̂_ij^{⊗L}`` for ``L = 0..3`` with
+  ``r_ij = r_i - r_j``;
+* eq. (12): radial functions ``R_{Z_i Z_j, s}(r) = N_basis^{-1/2} sum_k β_{Z_i Z_j, s k} Φ_k(r) f_cut(r)`` with
+  normalised Gaussians ``Φ_k(r) = (2γ/π)^{1/4} exp(-γ (r - r_k)²)`` on the equidistant grid
+  ``r_k = r_min + k (r_cut - r_min) / N_basis`` (r_min = 0.5 Å), width ``γ = N_basis² / r_cut²`` and the cosine
+  cutoff ``f_cut(r) = (cos(π r / r_cut) + 1) / 2``;
+* eq. (13): rotation invariants as full contractions of the moments, the eight generating-graph contractions of the
+  GM representation (reduced by the permutational symmetry of each graph), see :data:`CONTRACTIONS`;
+* eq. (3)/(9): two-hidden-layer feed-forward network in NTK parametrisation,
+  ``x_{l} = φ(W^{(l)} x_{l-1} / sqrt(d_{l-1}) + 0.1 b^{(l)})`` with ``W ~ N(0, 1)``, ``b = 0`` at initialisation and
+  ``φ(x) = α SiLU(x)``, ``α = 1.6765`` (``1/sqrt(E[SiLU(z)²])`` for ``z ~ N(0, 1)``);
+* eq. (4)/(10): ``E_i = c (σ_{Z_i} y_i + μ_{Z_i})``; ``μ`` from a linear regression of the total energies on the
+  element counts, ``σ = 1``, ``c`` the per-atom RMSE of that regression (:meth:`GMNN.fit_shift`);
+* eq. (6)/(15): forces ``F_i = -∂E/∂r_i`` and eq. (16): stress ``σ = (1/V) ∂E/∂ε`` under the symmetric strain
+  ``r -> r (1 + ε)``, both by automatic differentiation.
+
+Units: Å, eV, eV/Å, eV/Å³ (ASE's stress sign). No AiiDA import.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from aiida_alkit.models.batching import Batch, batch_from_atoms
+
+__all__ = [
+    'CONTRACTIONS',
+    'GMNN',
+    'PAPER_LEARNING_RATES',
+    'SILU_SCALE',
+    'GMNNHyperparameters',
+    'GaussianMoments',
+    'NTKLinear',
+    'count_species',
+    'n_gaussian_moment_features',
+]
+
+#: α of the scaled SiLU activation φ(x) = α x / (1 + exp(-x)) (seeds/001 below eq. 3): 1/sqrt(E[SiLU(z)²]), z~N(0,1).
+SILU_SCALE = 1.6765324703310907
+#: Factor of the biases in the NTK parametrisation (eq. 3).
+BIAS_FACTOR = 0.1
+#: Layer-wise Adam learning rates of the papers (seeds/001 Sec. 2.2, seeds/003 "training"), per parameter group.
+PAPER_LEARNING_RATES = {'nn': 0.03, 'representation': 0.02, 'shift': 0.05, 'scale': 0.001}
+
+#: The full contractions of eq. (13) (generating graphs of the GM representation). Each entry: name, the rank L of
+#: each moment, the einsum over Cartesian indices (n: atom, s/t/u: radial channel) and the permutational symmetry of
+#: the radial channels used to drop duplicates: 'none', 'pair01' (s <-> t), 'pair12' (t <-> u) or 'all' (s, t, u).
+CONTRACTIONS: tuple[tuple[str, tuple[int, ...], str, str], ...] = (
+    ('L0', (0,), 'ns->ns', 'none'),
+    ('L1L1', (1, 1), 'nsa,nta->nst', 'pair01'),
+    ('L2L2', (2, 2), 'nsab,ntab->nst', 'pair01'),
+    ('L3L3', (3, 3), 'nsabc,ntabc->nst', 'pair01'),
+    ('L2L2L2', (2, 2, 2), 'nsab,ntbc,nuca->nstu', 'all'),
+    ('L1L1L2', (1, 1, 2), 'nsa,ntb,nuab->nstu', 'pair01'),
+    ('L3L2L1', (3, 2, 1), 'nsabc,ntab,nuc->nstu', 'none'),
+    ('L2L3L3', (2, 3, 3), 'nsab,ntacd,nubcd->nstu', 'pair12'),
+)
+
+
+def _kept_channels(n_radial: int, order: int, symmetry: str) -> list[tuple[int, ...]]:
+    """Radial-channel index tuples kept for one contraction (one representative per symmetry orbit)."""
+    channels = list(itertools.product(range(n_radial), repeat=order))
+    if symmetry == 'pair01':
+        return [c for c in channels if c[0] <= c[1]]
+    if symmetry == 'pair12':
+        return [c for c in channels if c[1] <= c[2]]
+    if symmetry == 'all':
+        return [c for c in channels if c[0] <= c[1] <= c[2]]
+    return channels
+
+
+def _active_contractions(max_moment: int) -> list[tuple[str, tuple[int, ...], str, str]]:
+    return [item for item in CONTRACTIONS if max(item[1]) <= max_moment]
+
+
+def n_gaussian_moment_features(n_radial: int, max_moment: int = 3) -> int:
+    """Dimension d_0 of the invariant GM vector G_i (910 for 7 radial functions, 360 for 5, with L_max = 3)."""
+    return sum(len(_kept_channels(n_radial, len(ranks), sym)) for _, ranks, _, sym in _active_contractions(max_moment))
+
+
+@dataclass
+class GMNNHyperparameters:
+    """Hyper-parameters of a GM-NN model (defaults: the papers' settings).
+
+    :param species: element symbols the model knows; their order is the species index.
+    :param cutoff: cutoff radius r_cut, Å (5.0 Å in the papers; 6.0 Å for MIL-53(Al) in seeds/003).
+    :param n_basis: number of Gaussians Φ_k on the equidistant grid (9 in seeds/003).
+    :param n_radial: number of radial functions R_s (7 in seeds/003; 5 gives the d_0 = 360 of seeds/001).
+    :param r_min: first Gaussian centre, Å (0.5 Å).
+    :param max_moment: largest moment rank L (3); contractions using higher ranks are dropped.
+    :param hidden_widths: hidden-layer widths d_1, d_2 (512, 512).
+    :param dtype: ``'float32'`` or ``'float64'``.
+    :param seed: seed of the parameter initialisation (members of a committee differ by it).
+    """
+
+    species: list[str]
+    cutoff: float = 5.0
+    n_basis: int = 9
+    n_radial: int = 7
+    r_min: float = 0.5
+    max_moment: int = 3
+    hidden_widths: tuple[int, ...] = (512, 512)
+    dtype: str = 'float32'
+    seed: int = 0
+    model_kind: str = field(default='gmnn', init=False)
+
+    def __post_init__(self) -> None:
+        self.species = [str(symbol) for symbol in self.species]
+        self.hidden_widths = tuple(int(width) for width in self.hidden_widths)
+        self.cutoff = float(self.cutoff)
+        self.r_min = float(self.r_min)
+        if not self.species or len(set(self.species)) != len(self.species):
+            raise ValueError(f'species must be a non-empty list of distinct element symbols, got {self.species}')
+        if not 0 <= self.r_min < self.cutoff:
+            raise ValueError(f'need 0 <= r_min < cutoff, got r_min={self.r_min} Å, cutoff={self.cutoff} Å')
+        if self.n_basis < 1 or self.n_radial < 1:
+            raise ValueError('n_basis and n_radial must be positive')
+        if self.max_moment not in (0, 1, 2, 3):
+            raise ValueError(f'max_moment must be 0, 1, 2 or 3, got {self.max_moment}')
+        if any(width < 1 for width in self.hidden_widths):
+            raise ValueError(f'hidden widths must be positive, got {self.hidden_widths}')
+        if self.dtype not in ('float32', 'float64'):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+
+    @classmethod
+    def small(cls, species: Sequence[str], **overrides: Any) -> GMNNHyperparameters:
+        """A tiny model for tests and demonstrations (cutoff 4 Å, 5 Gaussians, 3 radial functions, 32x32)."""
+        settings: dict[str, Any] = {'cutoff': 4.0, 'n_basis': 5, 'n_radial': 3, 'hidden_widths': (32, 32)}
+        settings.update(overrides)
+        return cls(species=list(species), **settings)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float64 if self.dtype == 'float64' else torch.float32
+
+    @property
+    def n_features(self) -> int:
+        """Number of invariant input features d_0."""
+        return n_gaussian_moment_features(self.n_radial, self.max_moment)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dictionary (includes ``model_kind``, ``species`` and ``cutoff``)."""
+        data = asdict(self)
+        data['hidden_widths'] = list(self.hidden_widths)
+        data['model_kind'] = self.model_kind
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GMNNHyperparameters:
+        """Inverse of :meth:`to_dict`; keys this class does not know are ignored."""
+        kind = data.get('model_kind', 'gmnn')
+        if kind != 'gmnn':
+            raise ValueError(f'hyper-parameters are for model kind {kind!r}, not gmnn')
+        names = {item.name for item in fields(cls) if item.init}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+def count_species(numbers: np.ndarray, offsets: np.ndarray, species: Sequence[str]) -> np.ndarray:
+    """(B, n_species) element counts per structure from the flat layout (atomic numbers and offsets)."""
+    from aiida_alkit.models.batching import species_index_table
+
+    index = species_index_table(species)[np.asarray(numbers, dtype=np.int64)]
+    if (index < 0).any():
+        raise ValueError(f'structures contain elements outside the model species {list(species)}')
+    structure = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    counts = np.zeros((len(offsets) - 1, len(species)))
+    np.add.at(counts, (structure, index), 1.0)
+    return counts
+
+
+class GaussianMoments(nn.Module):
+    """Gaussian moment representation G_i (eq. 2/11-13 of the papers).
+
+    Trainable parameters: the species-pair coefficients β of shape (n_species, n_species, n_radial, n_basis), indexed
+    by (centre species Z_i, neighbour species Z_j). The papers do not state their initialisation; we draw them from
+    U(-1, 1) as the authors' reference implementation does, and scale them by N_basis^{-1/2} in the forward pass
+    (the NTK-like factor of eq. 12).
+    """
+
+    def __init__(self, hyperparameters: GMNNHyperparameters, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        hp = hyperparameters
+        self.cutoff = hp.cutoff
+        self.n_radial = hp.n_radial
+        self.n_basis = hp.n_basis
+        self.max_moment = hp.max_moment
+        n_species = len(hp.species)
+        # Equidistant Gaussian centres r_k = r_min + k (r_cut - r_min) / N_basis (Å) and width γ = N_basis² / r_cut².
+        centres = hp.r_min + (hp.cutoff - hp.r_min) / hp.n_basis * torch.arange(hp.n_basis, dtype=torch.float64)
+        self.register_buffer('centres', centres)
+        self.gamma = hp.n_basis**2 / hp.cutoff**2
+        self.norm = (2.0 * self.gamma / math.pi) ** 0.25
+        coefficients = 2.0 * torch.rand(n_species, n_species, hp.n_radial, hp.n_basis, generator=generator) - 1.0
+        self.coefficients = nn.Parameter(coefficients.to(torch.float64))
+        self.contractions = _active_contractions(hp.max_moment)
+        for name, ranks, _, symmetry in self.contractions:
+            kept = _kept_channels(hp.n_radial, len(ranks), symmetry)
+            flat = [sum(c * hp.n_radial ** (len(ranks) - 1 - p) for p, c in enumerate(ch)) for ch in kept]
+            self.register_buffer(f'keep_{name}', torch.tensor(flat, dtype=torch.int64), persistent=False)
+        self.n_features = n_gaussian_moment_features(hp.n_radial, hp.max_moment)
+
+    def cutoff_function(self, r: torch.Tensor) -> torch.Tensor:
+        """Cosine cutoff f_cut(r) = (cos(π r / r_cut) + 1) / 2 for r < r_cut, else 0 (dimensionless)."""
+        inside = r < self.cutoff
+        return torch.where(inside, 0.5 * (torch.cos(math.pi * r / self.cutoff) + 1.0), torch.zeros_like(r))
+
+    def basis(self, r: torch.Tensor) -> torch.Tensor:
+        """Normalised Gaussians Φ_k(r) (E, n_basis) on the equidistant grid (eq. 12), r in Å."""
+        return self.norm * torch.exp(-self.gamma * (r[:, None] - self.centres.to(r.dtype)) ** 2)
+
+    def radial_functions(self, r: torch.Tensor, species_i: torch.Tensor, species_j: torch.Tensor) -> torch.Tensor:
+        """R_{Z_i Z_j, s}(r) (E, n_radial) = N_basis^{-1/2} sum_k β_{Z_i Z_j s k} Φ_k(r) f_cut(r) (eq. 12)."""
+        beta = self.coefficients[species_i, species_j]  # (E, n_radial, n_basis)
+        values = torch.einsum('esk,ek->es', beta, self.basis(r)) / math.sqrt(self.n_basis)
+        return values * self.cutoff_function(r)[:, None]
+
+    def moments(
+        self, vectors: torch.Tensor, species: torch.Tensor, edge_i: torch.Tensor, edge_j: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Moments Ψ_{i,L,s} for L = 0..max_moment (eq. 2/11): [(N, R), (N, R, 3), (N, R, 3, 3), (N, R, 3, 3, 3)].
+
+        :param vectors: (E, 3) pair vectors r_ij = r_i - r_j (Å) of the edges (edge_i, edge_j).
+        """
+        n_atoms = species.shape[0]
+        r = torch.linalg.norm(vectors, dim=-1)
+        unit = vectors / r[:, None]
+        radial = self.radial_functions(r, species[edge_i], species[edge_j])  # (E, R)
+        per_edge = [radial]
+        for _ in range(self.max_moment):
+            previous = per_edge[-1]
+            per_edge.append(previous.unsqueeze(-1) * unit.view((unit.shape[0], 1) + (1,) * (previous.dim() - 2) + (3,)))
+        out = []
+        for tensor in per_edge:
+            summed = torch.zeros((n_atoms, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+            out.append(summed.index_add_(0, edge_i, tensor))
+        return out
+
+    def invariants(self, moments: list[torch.Tensor]) -> torch.Tensor:
+        """Rotation-invariant full contractions (eq. 13) concatenated to G_i, (N, d_0)."""
+        parts = []
+        n_atoms = moments[0].shape[0]
+        for name, ranks, equation, _ in self.contractions:
+            value = torch.einsum(equation, *[moments[rank] for rank in ranks]).reshape(n_atoms, -1)
+            parts.append(value.index_select(1, getattr(self, f'keep_{name}')))
+        return torch.cat(parts, dim=-1)
+
+    def forward(
+        self, vectors: torch.Tensor, species: torch.Tensor, edge_i: torch.Tensor, edge_j: torch.Tensor
+    ) -> torch.Tensor:
+        """G_i (N, d_0) from pair vectors r_ij = r_i - r_j (E, 3), Å."""
+        return self.invariants(self.moments(vectors, species, edge_i, edge_j))
+
+
+class NTKLinear(nn.Module):
+    """Linear layer in NTK parametrisation (eq. 3): y = W x / sqrt(d_in) + 0.1 b, W ~ N(0, 1), b = 0 initially."""
+
+    def __init__(self, d_in: int, d_out: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.d_in = d_in
+        self.weight = nn.Parameter(torch.randn(d_out, d_in, generator=generator, dtype=torch.float64))
+        self.bias = nn.Parameter(torch.zeros(d_out, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight) / math.sqrt(self.d_in) + BIAS_FACTOR * self.bias
+
+
+class ScaledSiLU(nn.Module):
+    """φ(x) = α x / (1 + exp(-x)) with α = 1.6765 (below eq. 3)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return SILU_SCALE * nn.functional.silu(x)
+
+
+class GMNN(nn.Module):
+    """GM-NN potential: Gaussian moments → two-hidden-layer NTK network → scaled/shifted atomic energies (eq. 1-6).
+
+    Parameter groups (for the layer-wise learning rates of the papers, see :meth:`parameter_groups`):
+    ``representation`` (β), ``nn`` (W, b), ``scale`` (σ_Z), ``shift`` (μ_Z). The constant c is a buffer.
+    """
+
+    def __init__(self, hyperparameters: GMNNHyperparameters, device: str | torch.device = 'cpu') -> None:
+        super().__init__()
+        self.hyperparameters = hyperparameters
+        generator = torch.Generator().manual_seed(int(hyperparameters.seed))
+        self.representation = GaussianMoments(hyperparameters, generator=generator)
+        widths = [self.representation.n_features, *hyperparameters.hidden_widths, 1]
+        layers: list[nn.Module] = []
+        for d_in, d_out in itertools.pairwise(widths):
+            layers.append(NTKLinear(d_in, d_out, generator=generator))
+            layers.append(ScaledSiLU())
+        self.network = nn.Sequential(*layers[:-1])  # no activation after the output layer
+        n_species = len(hyperparameters.species)
+        self.atomic_scale = nn.Parameter(torch.ones(n_species, dtype=torch.float64))  # σ_Z (eq. 4)
+        self.atomic_shift = nn.Parameter(torch.zeros(n_species, dtype=torch.float64))  # μ_Z (eq. 4)
+        self.register_buffer('energy_scale', torch.tensor(1.0, dtype=torch.float64))  # c, eV (eq. 4)
+        self.to(device=device, dtype=hyperparameters.torch_dtype)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def species(self) -> list[str]:
+        return list(self.hyperparameters.species)
+
+    @property
+    def cutoff(self) -> float:
+        """Cutoff radius, Å."""
+        return self.hyperparameters.cutoff
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.atomic_scale.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.atomic_scale.device
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by group: 'nn', 'representation', 'shift', 'scale' (keys of :data:`PAPER_LEARNING_RATES`)."""
+        return {
+            'nn': list(self.network.parameters()),
+            'representation': list(self.representation.parameters()),
+            'shift': [self.atomic_shift],
+            'scale': [self.atomic_scale],
+        }
+
+    # ------------------------------------------------------------------ batches
+    def make_batch(self, structures: Sequence[Any], labels: bool = False) -> Batch:
+        """Batch of ASE ``Atoms`` with this model's species, cutoff, device and dtype."""
+        return batch_from_atoms(structures, self.species, self.cutoff, self.device, self.dtype, labels=labels)
+
+    def species_counts(self, batch: Batch) -> torch.Tensor:
+        """(B, n_species) element counts per structure."""
+        counts = torch.zeros(batch.n_structures, len(self.species), dtype=self.dtype, device=batch.species.device)
+        one_hot = nn.functional.one_hot(batch.species, len(self.species)).to(self.dtype)
+        return counts.index_add_(0, batch.structure_index, one_hot)
+
+    # ------------------------------------------------------------------ energy shift initialisation
+    def fit_shift(
+        self, energies: np.ndarray | torch.Tensor, species_counts: np.ndarray | torch.Tensor, min_scale: float = 1e-3
+    ) -> dict[str, Any]:
+        """Initialise the output transformation of eq. (4): E_i = c (σ_Z y_i + μ_Z).
+
+        Solves the least-squares problem E_k ≈ sum_Z n_{kZ} w_Z (eV) over the structures k, sets
+        c = sqrt(mean_k((E_k - sum_Z n_{kZ} w_Z) / N_k)²) (per-atom RMSE of the regression, eV), μ_Z = w_Z / c
+        and σ_Z = 1. When the regression is exact or nearly so (RMSE below ``min_scale`` eV/atom, e.g. fewer
+        structures than elements) the data say nothing about the energy scale and c = 1 eV is used instead.
+
+        :param energies: (K,) total energies, eV.
+        :param species_counts: (K, n_species) element counts (order of :attr:`species`).
+        :return: ``{'shift': w (eV per atom, list), 'energy_scale': c, 'rmse_per_atom': RMSE}``.
+        """
+        energy = np.asarray(torch.as_tensor(energies).detach().cpu(), dtype=np.float64).reshape(-1)
+        counts = np.asarray(torch.as_tensor(species_counts).detach().cpu(), dtype=np.float64)
+        counts = counts.reshape(len(energy), len(self.species))
+        if len(energy) == 0:
+            raise ValueError('fit_shift needs at least one structure')
+        weights, *_ = np.linalg.lstsq(counts, energy, rcond=None)
+        residual = (energy - counts @ weights) / counts.sum(axis=1)
+        rmse = float(np.sqrt(np.mean(residual**2)))
+        scale = rmse if rmse >= min_scale else 1.0
+        with torch.no_grad():
+            self.energy_scale.fill_(scale)
+            self.atomic_shift.copy_(torch.as_tensor(weights / scale, dtype=self.dtype))
+            self.atomic_scale.fill_(1.0)
+        return {'shift': weights.tolist(), 'energy_scale': scale, 'rmse_per_atom': rmse}
+
+    def fit_shift_from_batch(self, batch: Batch, min_scale: float = 1e-3) -> dict[str, Any]:
+        """:meth:`fit_shift` on the energy labels of a batch."""
+        if batch.energy is None:
+            raise ValueError('the batch has no energy labels')
+        return self.fit_shift(batch.energy, self.species_counts(batch), min_scale=min_scale)
+
+    # ------------------------------------------------------------------ model
+    def descriptors(
+        self, batch: Batch, positions: torch.Tensor | None = None, cells: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Gaussian moments G_i (N, d_0) of a batch (optionally with displaced positions/cells, Å)."""
+        positions = batch.positions.to(self.dtype) if positions is None else positions
+        cells = batch.cells.to(self.dtype) if cells is None else cells
+        edge_cells = cells[batch.structure_index[batch.edge_i]]  # (E, 3, 3)
+        image_offsets = torch.einsum('ek,ekl->el', batch.edge_shifts.to(self.dtype), edge_cells)
+        # Paper convention r_ij = r_i - r_j (eq. 2); the neighbour image sits at r_j + S @ cell.
+        vectors = positions[batch.edge_i] - positions[batch.edge_j] - image_offsets
+        return self.representation(vectors, batch.species, batch.edge_i, batch.edge_j)
+
+    def atomic_energies(self, descriptors: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """E_i = c (σ_Z y_i + μ_Z) (eq. 3-4), eV, from descriptors (N, d_0) and species indices (N,)."""
+        y = self.network(descriptors).squeeze(-1)
+        return self.energy_scale * (self.atomic_scale[species] * y + self.atomic_shift[species])
+
+    def forward(
+        self, batch: Batch, compute_forces: bool = True, compute_stress: bool = False, training: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Energies (eq. 1), forces (eq. 6) and stress (seeds/003 eq. 16) of a batch.
+
+        :param compute_forces: forces F = -∂E/∂r (N, 3), eV/Å.
+        :param compute_stress: stress (1/V) ∂E/∂ε (B, 3, 3), eV/Å³ (ASE sign), for structures periodic in all
+            three directions; zero for the others.
+        :param training: keep the graph of forces/stress so that a loss on them can be back-propagated.
+        :return: dict with 'energy' (B,) eV, 'atomic_energies' (N,) eV and, when asked, 'forces', 'stress'.
+        """
+        if compute_forces or compute_stress:
+            with torch.enable_grad():  # derivatives are needed even when called under torch.no_grad()
+                return self._evaluate(batch, compute_forces, compute_stress, training)
+        return self._evaluate(batch, False, False, training)
+
+    def _evaluate(
+        self, batch: Batch, compute_forces: bool, compute_stress: bool, training: bool
+    ) -> dict[str, torch.Tensor]:
+        positions = batch.positions.to(self.dtype)
+        cells = batch.cells.to(self.dtype)
+        inputs: list[torch.Tensor] = []
+        if compute_forces and not positions.requires_grad:
+            positions = positions.detach().requires_grad_(True)
+        if compute_forces:
+            inputs.append(positions)
+        displaced_positions, displaced_cells = positions, cells
+        if compute_stress:
+            strain = torch.zeros((batch.n_structures, 3, 3), dtype=self.dtype, device=positions.device)
+            strain.requires_grad_(True)
+            inputs.append(strain)
+            symmetric = 0.5 * (strain + strain.transpose(1, 2))
+            # r -> r (1 + ε) for atoms and lattice vectors (row vectors)
+            displaced_positions = positions + torch.einsum('ni,nij->nj', positions, symmetric[batch.structure_index])
+            displaced_cells = cells + torch.bmm(cells, symmetric)
+        descriptors = self.descriptors(batch, displaced_positions, displaced_cells)
+        atomic = self.atomic_energies(descriptors, batch.species)
+        energy = torch.zeros(batch.n_structures, dtype=self.dtype, device=atomic.device)
+        energy = energy.index_add(0, batch.structure_index, atomic)
+        results = {'energy': energy, 'atomic_energies': atomic}
+        if inputs:
+            gradients = torch.autograd.grad(
+                energy.sum(), inputs, create_graph=training, retain_graph=training, allow_unused=True
+            )
+            gradients = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, gradients, strict=True)]
+            if compute_forces:
+                results['forces'] = -gradients[0]
+            if compute_stress:
+                volume = torch.linalg.det(cells).abs()
+                periodic = batch.pbc.to(positions.device).all(dim=-1) & (volume > 1e-12)
+                safe_volume = torch.where(periodic, volume, torch.ones_like(volume))
+                stress = gradients[-1] / safe_volume[:, None, None]
+                results['stress'] = torch.where(periodic[:, None, None], stress, torch.zeros_like(stress))
+        return results
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike, extras: dict[str, Any] | None = None) -> None:
+        """Write a one-file potential (weights + JSON hyper-parameters), see ``serialization.py``."""
+        from aiida_alkit.models.serialization import save_potential_file
+
+        save_potential_file(path, self.state_dict(), self.hyperparameters.to_dict(), extras)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | Any, device: str | torch.device = 'cpu') -> GMNN:
+        """Read a potential written by :meth:`save` (never unpickles arbitrary objects)."""
+        from aiida_alkit.models.serialization import PotentialFileError, load_potential_file
+
+        content = load_potential_file(path)
+        try:
+            hyperparameters = GMNNHyperparameters.from_dict(content.hyperparameters)
+        except (TypeError, ValueError) as exc:
+            raise PotentialFileError(f'{path}: not a GM-NN potential: {exc}') from exc
+        model = cls(hyperparameters, device=device)
+        try:
+            model.load_state_dict(content.state_dict)
+        except RuntimeError as exc:
+            raise PotentialFileError(f'{path}: weights do not match the hyper-parameters: {exc}') from exc
+        return model
