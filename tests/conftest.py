@@ -35,3 +35,29 @@ def copper_structures():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def alkit_python_code(aiida_localhost):
+    """The ``alkit-python`` code (this interpreter) on the test profile's localhost computer."""
+    import sys
+
+    from aiida import orm
+
+    label = 'alkit-python'
+    existing = orm.QueryBuilder().append(orm.InstalledCode, filters={'label': label}).all(flat=True)
+    if existing:
+        return existing[0]
+    return orm.InstalledCode(label=label, computer=aiida_localhost, filepath_executable=sys.executable).store()
+
+
+def label_with_emt(atoms):
+    """Copy of ``atoms`` with EMT energy, forces and stress on a SinglePointCalculator."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = atoms.copy()
+    atoms.calc = EMT()
+    results = {'energy': atoms.get_potential_energy(), 'forces': atoms.get_forces(), 'stress': atoms.get_stress()}
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
