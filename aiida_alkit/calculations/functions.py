@@ -1,0 +1,81 @@
+"""Calcfunctions of a campaign round that move data without science: merge labels into the training set."""
+
+from __future__ import annotations
+
+import numpy as np
+from aiida import orm
+from aiida.engine import calcfunction
+
+from aiida_alkit.data.dataset import DatasetData
+from aiida_alkit.io.arrays import ConfigurationArrays
+
+__all__ = ['TRAINING_INFO_KEYS', 'assign_validation', 'merge_datasets']
+
+#: Per-configuration metadata of a training set: 'split' ('train' or 'valid'), 'round' (the campaign round that
+#: added it, 0 for the initial data) and 'origin' (uuid of the StructureData that was labelled, '' if none).
+TRAINING_INFO_KEYS = ('split', 'round', 'origin')
+
+
+def assign_validation(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """'train'/'valid' for ``n`` new configurations: exactly round(fraction·n) validation picks, at least one when
+    ``n >= 2`` and ``fraction > 0``, and always at least one training configuration."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f'validation fraction must be in [0, 1), got {fraction}')
+    n_valid = round(fraction * n)
+    if fraction > 0 and n >= 2:
+        n_valid = max(1, n_valid)
+    n_valid = min(n_valid, n - 1) if n >= 1 else 0
+    split = np.full(n, 'train', dtype='<U5')
+    split[rng.permutation(n)[:n_valid]] = 'valid'
+    return split
+
+
+def _as_training_set(
+    arrays: ConfigurationArrays, round_index: int, fraction: float, rng, keep: bool
+) -> ConfigurationArrays:
+    """Tag with split/round/origin; ``keep`` keeps tags the set already has (the existing training set)."""
+    n = len(arrays)
+    existing = arrays.info if keep else {}
+    info = {
+        'split': existing['split'] if 'split' in existing else assign_validation(n, fraction, rng),
+        'round': existing['round'] if 'round' in existing else np.full(n, round_index, dtype=np.int64),
+        'origin': (
+            existing['origin']
+            if 'origin' in existing
+            else arrays.info.get('structure_uuid', np.full(n, '', dtype='<U36'))
+        ),
+    }
+    return ConfigurationArrays(
+        positions=arrays.positions,
+        numbers=arrays.numbers,
+        cells=arrays.cells,
+        pbc=arrays.pbc,
+        offsets=arrays.offsets,
+        energy=arrays.energy,
+        forces=arrays.forces,
+        stress=arrays.stress,
+        info={key: np.asarray(value) for key, value in info.items()},
+    )
+
+
+@calcfunction
+def merge_datasets(
+    dataset: DatasetData,
+    round_index: orm.Int,
+    validation_fraction: orm.Float,
+    seed: orm.Int,
+    labelled: DatasetData | None = None,
+) -> DatasetData:
+    """The training set of the next round: ``dataset`` plus ``labelled`` with train/valid split and round tags.
+
+    Configurations of ``dataset`` keep the split/round tags they already carry; the ``labelled`` ones are tagged with
+    ``round_index`` and split with a generator seeded by ``seed`` and ``round_index`` (so a campaign replays
+    identically). Labels kept are those both sets have.
+    """
+    rng = np.random.default_rng([int(seed.value), int(round_index.value)])
+    fraction = float(validation_fraction.value)
+    base = _as_training_set(dataset.arrays, 0, fraction, rng, keep=True)
+    if labelled is None:
+        return DatasetData(base, validate=False)
+    new = _as_training_set(labelled.arrays, int(round_index.value), fraction, rng, keep=False)
+    return DatasetData(ConfigurationArrays.concatenate([base, new]), validate=False)
