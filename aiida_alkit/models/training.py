@@ -1,0 +1,640 @@
+"""Adam training of GM-NN potentials (seeds/001 Sec. 2.2, eq. 5; seeds/003 "Gaussian moment neural network", eq. 14).
+
+Loss of one structure k with N_k atoms (eq. 5, plus the stress term of seeds/003 eq. 14)::
+
+    L_k = λ_E (E_k^ref - E_k)^2                                              [eV²]
+        + λ_F / (3 N_k) Σ_i ||F_ik^ref - F_ik||^2,   λ_F = 12 N_k Å²         [eV²]
+        + λ_S Σ_{a<=b} (V_k (σ_k,ab^ref - σ_k,ab))^2                         [eV²], periodic structures only
+
+* λ_E = 1 and λ_F = 12 N_at a.u. Å² are the values of seeds/001 (so the force term is 4 Σ_i ||ΔF_i||²).
+* seeds/003 adds the squared error of the upper triangle of the (symmetric) stress tensor; its weight did not survive
+  the text extraction. We compare stresses as virials ``V σ`` (eV), the quantity the energy term measures under a
+  uniform strain, with λ_S = 1: energy and virial errors then carry the same weight and both scale like the total
+  energy. Structures that are not periodic in all three directions (molecules, slabs) have no stress and contribute
+  nothing to this term.
+* Eq. (5) sums over the training structures; each optimiser step uses the mean over the structures of one
+  mini-batch (a constant factor, so the balance of the terms is unchanged).
+
+Optimiser (seeds/001 Sec. 2.2, seeds/003): Adam with β1 = 0.9, β2 = 0.999, ε = 1e-7, mini-batches of 32, layer-wise
+learning rates 0.03 (network), 0.02 (representation), 0.05 (shift μ_Z), 0.001 (scale σ_Z), decayed linearly (here
+to ``lr_final_fraction`` of the initial values over the planned number of optimiser steps), early stopping on the
+validation set (the weights of the best validation epoch are restored at the end; with ``patience`` training also
+stops after that many epochs without improvement). The shift μ_Z and the constant c of eq. (4) are initialised by
+:meth:`GMNN.fit_shift` on the training energies.
+
+Neighbour lists are computed once per structure (:class:`GraphDataset`); a mini-batch is then assembled by index
+arithmetic only. Units: Å, eV, eV/Å, eV/Å³ (ASE stress sign). No AiiDA import.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from aiida_alkit.models.batching import Batch, species_index_table
+from aiida_alkit.models.gmnn import GMNN, PAPER_LEARNING_RATES, count_species
+from aiida_alkit.models.neighbors import neighbor_list
+
+__all__ = [
+    'GraphDataset',
+    'LossWeights',
+    'TrainingConfig',
+    'TrainingDivergedError',
+    'TrainingResult',
+    'evaluate_errors',
+    'loss_function',
+    'loss_terms',
+    'split_train_valid',
+    'train_adam',
+]
+
+#: Metrics :func:`evaluate_errors` reports (energy per atom eV/atom, forces eV/Å, stress eV/Å³).
+ERROR_KEYS = ('energy_rmse', 'energy_mae', 'forces_rmse', 'forces_mae', 'stress_rmse', 'stress_mae')
+_UPPER = torch.triu_indices(3, 3)  # the six (a <= b) components of a symmetric 3x3 tensor
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite (diverged optimisation or non-finite labels/weights)."""
+
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        super().__init__(
+            f'training diverged in epoch {epoch} (optimiser step {step}): the loss is {value}; '
+            f'lower the learning rates or check the labels for NaN/inf'
+        )
+        self.epoch = epoch
+        self.step = step
+        self.value = value
+
+
+@dataclass
+class LossWeights:
+    """Weights of the loss (eq. 5 and seeds/003 eq. 14), see the module docstring.
+
+    :param energy: λ_E, a.u. (1).
+    :param forces: λ_F / N_at, a.u. Å² (12, i.e. λ_F = 12 N_at; the per-structure force term is 4 Σ_i ||ΔF_i||²).
+    :param stress: λ_S on the squared virial errors V Δσ_ab of the upper triangle, a.u. (1).
+    """
+
+    energy: float = 1.0
+    forces: float = 12.0
+    stress: float = 1.0
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + n)`` for every (s, n), without a Python loop."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    return np.arange(total, dtype=np.int64) + np.repeat(np.asarray(starts, dtype=np.int64) - (ends - lengths), lengths)
+
+
+@dataclass
+class GraphDataset:
+    """Configurations with their neighbour lists computed once; :meth:`batch` assembles any subset quickly.
+
+    Atom and edge data of all structures are stored concatenated (edges with structure-local atom indices), so a
+    mini-batch is two range gathers and an index shift. Energies are kept in float64 (large total energies lose
+    meV in float32); everything else is in the model's dtype on the model's device.
+    """
+
+    positions: torch.Tensor
+    species: torch.Tensor
+    cells: torch.Tensor
+    pbc: torch.Tensor
+    atom_offsets: np.ndarray
+    edge_offsets: np.ndarray
+    edge_i: np.ndarray
+    edge_j: np.ndarray
+    edge_shifts: torch.Tensor
+    energy: torch.Tensor | None = None
+    forces: torch.Tensor | None = None
+    stress: torch.Tensor | None = None
+
+    @classmethod
+    def from_configurations(
+        cls,
+        arrays: Any,
+        species: Sequence[str],
+        cutoff: float,
+        device: str | torch.device = 'cpu',
+        dtype: torch.dtype = torch.float32,
+    ) -> GraphDataset:
+        """Compute neighbour lists (cutoff in Å) of every configuration of a ``ConfigurationArrays`` once."""
+        offsets = np.asarray(arrays.offsets, dtype=np.int64)
+        positions = np.asarray(arrays.positions, dtype=np.float64)
+        cells = np.asarray(arrays.cells, dtype=np.float64)
+        pbc = np.asarray(arrays.pbc, dtype=bool)
+        index = species_index_table(species)[np.asarray(arrays.numbers, dtype=np.int64)]
+        if (index < 0).any():
+            raise ValueError(f'the configurations contain elements outside the model species {list(species)}')
+        edges_i, edges_j, edges_s, counts = [], [], [], []
+        for b in range(len(offsets) - 1):
+            i, j, shifts = neighbor_list(positions[offsets[b] : offsets[b + 1]], cells[b], pbc[b], cutoff)
+            edges_i.append(i)
+            edges_j.append(j)
+            edges_s.append(shifts)
+            counts.append(len(i))
+        edge_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=edge_offsets[1:])
+
+        def floats(values: np.ndarray | None, kind: torch.dtype = dtype) -> torch.Tensor | None:
+            if values is None:
+                return None
+            return torch.as_tensor(np.asarray(values, dtype=np.float64), device=device).to(kind)
+
+        return cls(
+            positions=floats(positions),
+            species=torch.as_tensor(index, device=device),
+            cells=floats(cells),
+            pbc=torch.as_tensor(pbc, device=device),
+            atom_offsets=offsets,
+            edge_offsets=edge_offsets,
+            edge_i=np.concatenate(edges_i).astype(np.int64) if edges_i else np.zeros(0, np.int64),
+            edge_j=np.concatenate(edges_j).astype(np.int64) if edges_j else np.zeros(0, np.int64),
+            edge_shifts=torch.as_tensor(
+                np.concatenate(edges_s).reshape(-1, 3) if edges_s else np.zeros((0, 3)), device=device
+            ).to(torch.int64),
+            energy=floats(arrays.energy, torch.float64),
+            forces=floats(arrays.forces),
+            stress=floats(None if arrays.stress is None else np.reshape(arrays.stress, (-1, 3, 3))),
+        )
+
+    def __len__(self) -> int:
+        return len(self.atom_offsets) - 1
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Atoms per configuration."""
+        return np.diff(self.atom_offsets)
+
+    @property
+    def device(self) -> torch.device:
+        return self.positions.device
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> Batch:
+        """Mini-batch of the configurations ``indices`` (in that order), labels included."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        sizes = self.sizes[indices]
+        edge_counts = np.diff(self.edge_offsets)[indices]
+        new_starts = np.cumsum(sizes) - sizes
+        atom_index = _ranges(self.atom_offsets[indices], sizes)
+        edge_index = _ranges(self.edge_offsets[indices], edge_counts)
+        shift = np.repeat(new_starts, edge_counts)
+        device = self.device
+
+        def ints(values: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(device)
+
+        atoms = ints(atom_index)
+        structures = ints(indices)
+        return Batch(
+            positions=self.positions.index_select(0, atoms),
+            species=self.species.index_select(0, atoms),
+            cells=self.cells.index_select(0, structures),
+            pbc=self.pbc.index_select(0, structures),
+            structure_index=ints(np.repeat(np.arange(len(indices)), sizes)),
+            edge_i=ints(self.edge_i[edge_index] + shift),
+            edge_j=ints(self.edge_j[edge_index] + shift),
+            edge_shifts=self.edge_shifts.index_select(0, ints(edge_index)),
+            n_atoms=ints(sizes),
+            energy=None if self.energy is None else self.energy.index_select(0, structures),
+            forces=None if self.forces is None else self.forces.index_select(0, atoms),
+            stress=None if self.stress is None else self.stress.index_select(0, structures),
+        )
+
+    def batches(self, batch_size: int, order: np.ndarray | None = None) -> list[Batch]:
+        """Consecutive mini-batches of at most ``batch_size`` configurations (in ``order`` when given)."""
+        order = np.arange(len(self)) if order is None else np.asarray(order, dtype=np.int64)
+        return [self.batch(order[start : start + batch_size]) for start in range(0, len(order), batch_size)]
+
+
+def split_train_valid(arrays: Any, fraction: float, seed: int = 0) -> tuple[Any, Any | None]:
+    """Random split of a ``ConfigurationArrays`` into (train, valid); ``valid`` is None for ``fraction == 0``.
+
+    ``round(fraction * n)`` configurations (at least one when ``fraction > 0``, and never all of them) are drawn
+    without replacement with ``numpy.random.default_rng(seed)``; both parts keep the original order.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f'the validation fraction must be in [0, 1), got {fraction}')
+    n = len(arrays)
+    n_valid = 0 if fraction == 0 else min(max(1, round(fraction * n)), n - 1)
+    if n_valid <= 0:
+        return arrays, None
+    permutation = np.random.default_rng(seed).permutation(n)
+    valid = np.sort(permutation[:n_valid])
+    train = np.sort(permutation[n_valid:])
+    return arrays.subset(train), arrays.subset(valid)
+
+
+# ---------------------------------------------------------------------------------------------------- loss
+def _stress_mask(batch: Batch) -> torch.Tensor:
+    """(B,) structures that have a stress: periodic in all three directions with a finite stress label."""
+    if batch.stress is None:
+        return torch.zeros(batch.n_structures, dtype=torch.bool, device=batch.positions.device)
+    return batch.pbc.all(dim=-1) & torch.isfinite(batch.stress).flatten(1).all(dim=-1)
+
+
+def loss_terms(
+    predictions: dict[str, torch.Tensor], batch: Batch, weights: LossWeights | None = None
+) -> dict[str, torch.Tensor]:
+    """Per-batch loss of eq. (5) with the stress term (mean over the batch's structures), and its parts.
+
+    :return: ``loss`` (scalar, eV²) and the weighted per-structure means ``energy``, ``forces``, ``stress``.
+    """
+    weights = weights or LossWeights()
+    if batch.energy is None:
+        raise ValueError('training needs energy labels')
+    n_structures = batch.n_structures
+    dtype = predictions['energy'].dtype
+    energy_error = (predictions['energy'].to(torch.float64) - batch.energy.to(torch.float64)).to(dtype)
+    terms = {'energy': weights.energy * energy_error.square().sum() / n_structures}
+    zero = energy_error.new_zeros(())
+    if weights.forces and batch.forces is not None and 'forces' in predictions:
+        # λ_F / (3 N_k) Σ_i ||ΔF_i||² with λ_F = forces · N_k: the per-structure factor is forces / 3.
+        terms['forces'] = weights.forces / 3.0 * (predictions['forces'] - batch.forces).square().sum() / n_structures
+    else:
+        terms['forces'] = zero
+    mask = _stress_mask(batch)
+    if weights.stress and 'stress' in predictions and bool(mask.any()):
+        volume = torch.linalg.det(batch.cells).abs()
+        reference = torch.where(mask[:, None, None], batch.stress, predictions['stress'].detach())
+        virial_error = (predictions['stress'] - reference) * volume[:, None, None]
+        upper = virial_error[:, _UPPER[0], _UPPER[1]]  # (B, 6)
+        terms['stress'] = weights.stress * (upper.square().sum(dim=-1) * mask).sum() / n_structures
+    else:
+        terms['stress'] = zero
+    terms['loss'] = terms['energy'] + terms['forces'] + terms['stress']
+    return terms
+
+
+def loss_function(
+    predictions: dict[str, torch.Tensor], batch: Batch, weights: LossWeights | None = None
+) -> torch.Tensor:
+    """Loss of eq. (5) + the stress term of seeds/003 eq. (14), averaged over the batch's structures (eV²)."""
+    return loss_terms(predictions, batch, weights)['loss']
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+class _ErrorAccumulator:
+    """Sums of squared/absolute errors over batches; :meth:`result` gives RMSE/MAE."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = dict.fromkeys(('e2', 'e1', 'f2', 'f1', 's2', 's1', 'loss'), 0.0)
+        self.counts: dict[str, int] = dict.fromkeys(('structures', 'force_components', 'stress_components'), 0)
+
+    def add(self, predictions: dict[str, torch.Tensor], batch: Batch, loss: torch.Tensor | None = None) -> None:
+        with torch.no_grad():
+            parts = []
+            if batch.energy is not None:
+                error = (predictions['energy'].to(torch.float64) - batch.energy.to(torch.float64)) / batch.n_atoms
+                parts += [('e2', error.square().sum()), ('e1', error.abs().sum())]
+            if batch.forces is not None and 'forces' in predictions:
+                error = (predictions['forces'] - batch.forces).to(torch.float64)
+                parts += [('f2', error.square().sum()), ('f1', error.abs().sum())]
+                self.counts['force_components'] += error.numel()
+            mask = _stress_mask(batch)
+            if 'stress' in predictions and bool(mask.any()):
+                error = (predictions['stress'][mask] - batch.stress[mask]).to(torch.float64)
+                parts += [('s2', error.square().sum()), ('s1', error.abs().sum())]
+                self.counts['stress_components'] += error.numel()
+            if loss is not None:
+                parts.append(('loss', loss.detach().to(torch.float64) * batch.n_structures))
+            values = torch.stack([value for _, value in parts]).cpu().tolist() if parts else []
+            for (key, _), value in zip(parts, values, strict=True):
+                self.sums[key] += value
+            self.counts['structures'] += batch.n_structures
+
+    def result(self) -> dict[str, float | None]:
+        n, nf, ns = self.counts['structures'], self.counts['force_components'], self.counts['stress_components']
+        s = self.sums
+        return {
+            'energy_rmse': math.sqrt(s['e2'] / n) if n else None,
+            'energy_mae': s['e1'] / n if n else None,
+            'forces_rmse': math.sqrt(s['f2'] / nf) if nf else None,
+            'forces_mae': s['f1'] / nf if nf else None,
+            'stress_rmse': math.sqrt(s['s2'] / ns) if ns else None,
+            'stress_mae': s['s1'] / ns if ns else None,
+            'loss': s['loss'] / n if n else None,
+        }
+
+
+def _needs(data: GraphDataset, weights: LossWeights | None = None) -> tuple[bool, bool]:
+    """(forces, stress) worth computing for this data set."""
+    forces = data.forces is not None and (weights is None or weights.forces != 0)
+    stress = data.stress is not None and bool(data.pbc.all(dim=-1).any()) and (weights is None or weights.stress != 0)
+    return forces, stress
+
+
+def evaluate_errors(
+    model: GMNN,
+    data: Any,
+    batch_size: int = 64,
+    weights: LossWeights | None = None,
+) -> dict[str, Any]:
+    """Errors of a model on labelled configurations.
+
+    :param data: a ``ConfigurationArrays`` or a :class:`GraphDataset`.
+    :param weights: also report the mean per-structure ``loss`` (eq. 5 + stress term) with these weights.
+    :return: ``energy_rmse``/``energy_mae`` of the energy per atom (eV/atom), ``forces_rmse``/``forces_mae`` over
+        force components (eV/Å), ``stress_rmse``/``stress_mae`` over the nine stress components of the structures
+        periodic in all three directions (eV/Å³; None when there are none), ``loss`` (None without ``weights``),
+        ``n_structures``, ``n_atoms``, ``n_stress_structures``.
+    """
+    if not isinstance(data, GraphDataset):
+        data = GraphDataset.from_configurations(data, model.species, model.cutoff, model.device, model.dtype)
+    if data.energy is None:
+        raise ValueError('evaluate_errors needs energy labels')
+    need_forces, need_stress = _needs(data)
+    accumulator = _ErrorAccumulator()
+    for batch in data.batches(batch_size):
+        predictions = model(batch, compute_forces=need_forces, compute_stress=need_stress, training=False)
+        loss = loss_function(predictions, batch, weights) if weights is not None else None
+        accumulator.add(predictions, batch, loss)
+    result: dict[str, Any] = accumulator.result()
+    if weights is None:
+        result['loss'] = None
+    result['n_structures'] = len(data)
+    result['n_atoms'] = int(data.atom_offsets[-1])
+    result['n_stress_structures'] = accumulator.counts['stress_components'] // 9
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainingConfig:
+    """Settings of :func:`train_adam` (defaults: the papers' settings, seeds/001 Sec. 2.2 and seeds/003).
+
+    :param epochs: planned number of epochs (1000); the linear learning-rate decay spans them.
+    :param batch_size: structures per mini-batch (32; smaller when there are fewer training structures).
+    :param learning_rates: initial Adam learning rate per parameter group ('nn', 'representation', 'shift',
+        'scale'), default :data:`PAPER_LEARNING_RATES` (0.03, 0.02, 0.05, 0.001).
+    :param lr_final_fraction: the learning rates decay linearly to this fraction of their initial values at the end
+        of the planned epochs (0: to zero).
+    :param adam_betas: Adam β1, β2 (0.9, 0.999). :param adam_eps: Adam ε (1e-7).
+    :param energy_weight: λ_E (1). :param forces_weight: λ_F / N_at, Å² (12). :param stress_weight: λ_S on the
+        virial errors (1); see :class:`LossWeights`.
+    :param valid_fraction: fraction of the training set held out for early stopping when :func:`train_adam` is
+        given no validation set (0.1; 0 disables).
+    :param patience: stop after this many epochs without a better validation value (None: run all epochs; the
+        best weights are restored in either case). ``max_epochs_without_improvement`` is an alias.
+    :param early_stopping_metric: 'loss' (the validation loss, default), 'energy_rmse', 'forces_rmse' or
+        'stress_rmse'.
+    :param fit_shift: initialise μ_Z and c of eq. (4) from the training energies first (True).
+    :param seed: seed of the validation split and the mini-batch order (the weight initialisation is the model's).
+    :param device: where to train (None: where the model is).
+    :param eval_batch_size: structures per batch when evaluating errors.
+    :param num_threads: torch intra-op threads while training (None: leave the process setting). Small models on
+        a busy machine train several times faster with 1.
+    :param callback: called with one progress line per ``log_every`` epochs (e.g. ``print``).
+    """
+
+    epochs: int = 1000
+    batch_size: int = 32
+    learning_rates: dict[str, float] = field(default_factory=lambda: dict(PAPER_LEARNING_RATES))
+    lr_final_fraction: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-7
+    energy_weight: float = 1.0
+    forces_weight: float = 12.0
+    stress_weight: float = 1.0
+    valid_fraction: float = 0.1
+    patience: int | None = None
+    max_epochs_without_improvement: int | None = None
+    early_stopping_metric: str = 'loss'
+    fit_shift: bool = True
+    seed: int = 0
+    device: str | None = None
+    eval_batch_size: int = 64
+    num_threads: int | None = None
+    log_every: int = 1
+    callback: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        rates = dict(PAPER_LEARNING_RATES)
+        rates.update({str(key): float(value) for key, value in dict(self.learning_rates).items()})
+        unknown = set(rates) - set(PAPER_LEARNING_RATES)
+        if unknown:
+            raise ValueError(f'unknown parameter groups {sorted(unknown)}; known: {sorted(PAPER_LEARNING_RATES)}')
+        self.learning_rates = rates
+        self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
+        if self.max_epochs_without_improvement is not None:
+            if self.patience is not None and self.patience != self.max_epochs_without_improvement:
+                raise ValueError('patience and max_epochs_without_improvement are aliases; give one of them')
+            self.patience = self.max_epochs_without_improvement
+        self.max_epochs_without_improvement = self.patience
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f'num_threads must be positive or None, got {self.num_threads}')
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1 or self.log_every < 1:
+            raise ValueError('epochs, batch_size, eval_batch_size and log_every must be positive')
+        if not 0.0 <= self.lr_final_fraction <= 1.0:
+            raise ValueError(f'lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}')
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f'patience must be positive or None, got {self.patience}')
+        if self.early_stopping_metric not in ('loss', 'energy_rmse', 'forces_rmse', 'stress_rmse'):
+            raise ValueError(f'unknown early-stopping metric {self.early_stopping_metric!r}')
+        if min(self.energy_weight, self.forces_weight, self.stress_weight) < 0:
+            raise ValueError('loss weights must be non-negative')
+
+    @property
+    def loss_weights(self) -> LossWeights:
+        return LossWeights(self.energy_weight, self.forces_weight, self.stress_weight)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable settings (without the callback)."""
+        data = {item.name: getattr(self, item.name) for item in fields(self) if item.name != 'callback'}
+        data['adam_betas'] = list(self.adam_betas)
+        data['learning_rates'] = dict(self.learning_rates)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
+        names = {item.name for item in fields(cls)} - {'callback'}
+        values = {key: value for key, value in data.items() if key in names}
+        if 'adam_betas' in values:
+            values['adam_betas'] = tuple(values['adam_betas'])
+        return cls(**values)
+
+
+@dataclass
+class TrainingResult:
+    """Outcome of :func:`train_adam`.
+
+    :param history: one dict per epoch (epoch 0 = after ``fit_shift``, before any step): ``epoch``, ``lr`` (network
+        group), ``train_*`` (running errors of the epoch's mini-batches, taken before each step) and ``valid_*``
+        (after the epoch) for loss, energy (eV/atom), forces (eV/Å) and stress (eV/Å³) RMSE/MAE, ``time_s``.
+    :param best_epoch: epoch whose weights the model holds at the end. :param best_metric: its early-stopping value.
+    """
+
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_metric: float
+    epochs_run: int
+    stopped_early: bool
+    shift: dict[str, Any] | None
+    n_train: int
+    n_valid: int
+    wall_time_s: float
+    metric: str = 'valid_loss'
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """History entry of the best epoch."""
+        return next(entry for entry in self.history if entry['epoch'] == self.best_epoch)
+
+
+def _format_line(entry: dict[str, Any]) -> str:
+    def fmt(value: float | None, scale: float = 1.0) -> str:
+        return '-' if value is None else f'{value * scale:.4g}'
+
+    return (
+        f'epoch {entry["epoch"]:4d}  lr {entry["lr"]:.3g}  loss {fmt(entry.get("train_loss"))}/'
+        f'{fmt(entry.get("valid_loss"))}  E {fmt(entry.get("train_energy_rmse"), 1e3)}/'
+        f'{fmt(entry.get("valid_energy_rmse"), 1e3)} meV/atom  F {fmt(entry.get("train_forces_rmse"), 1e3)}/'
+        f'{fmt(entry.get("valid_forces_rmse"), 1e3)} meV/Å  (train/valid RMSE)'
+    )
+
+
+def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def train_adam(
+    model: GMNN, train: Any, valid: Any | None = None, config: TrainingConfig | None = None
+) -> TrainingResult:
+    """Train ``model`` in place with Adam on eq. (5) + stress term; the best validation weights are restored.
+
+    :param train: labelled ``ConfigurationArrays`` (energy required; forces and stress used when present).
+    :param valid: labelled ``ConfigurationArrays`` for early stopping; when None, ``config.valid_fraction`` of
+        ``train`` is held out (with ``config.seed``); when that is 0 too, the running training loss is used.
+    :raises TrainingDivergedError: when the loss becomes NaN/inf, naming the epoch.
+    """
+    config = config or TrainingConfig()
+    if config.num_threads is None:
+        return _train_adam(model, train, valid, config)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)
+    try:
+        return _train_adam(model, train, valid, config)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train_adam(model: GMNN, train: Any, valid: Any | None, config: TrainingConfig) -> TrainingResult:
+    started = time.perf_counter()
+    if train.energy is None:
+        raise ValueError('train_adam needs energy labels on the training configurations')
+    if valid is None and config.valid_fraction > 0 and len(train) >= 2:
+        train, valid = split_train_valid(train, config.valid_fraction, config.seed)
+    if config.device is not None:
+        model.to(torch.device(config.device))
+    device, dtype = model.device, model.dtype
+    weights = config.loss_weights
+    train_data = GraphDataset.from_configurations(train, model.species, model.cutoff, device, dtype)
+    valid_data = None
+    if valid is not None and len(valid) > 0:
+        valid_data = GraphDataset.from_configurations(valid, model.species, model.cutoff, device, dtype)
+
+    shift = None
+    if config.fit_shift:
+        shift = model.fit_shift(train.energy, count_species(train.numbers, train.offsets, model.species))
+
+    groups = model.parameter_groups()
+    optimizer = torch.optim.Adam(
+        [{'params': groups[name], 'lr': config.learning_rates[name], 'name': name} for name in groups],
+        betas=config.adam_betas,
+        eps=config.adam_eps,
+    )
+    n_train = len(train_data)
+    batch_size = min(config.batch_size, n_train)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    final = config.lr_final_fraction
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1.0 - (1.0 - final) * min(step / total_steps, 1.0)
+    )
+    need_forces, need_stress = _needs(train_data, weights)
+    rng = np.random.default_rng(config.seed)
+
+    metric_key = ('valid_' if valid_data is not None else 'train_') + config.early_stopping_metric
+
+    def validation(entry: dict[str, Any]) -> None:
+        if valid_data is not None:
+            errors = evaluate_errors(model, valid_data, config.eval_batch_size, weights)
+            entry.update({f'valid_{key}': errors[key] for key in (*ERROR_KEYS, 'loss')})
+
+    def metric_of(entry: dict[str, Any]) -> float:
+        value = entry.get(metric_key)
+        return math.inf if value is None or not math.isfinite(value) else float(value)
+
+    history: list[dict[str, Any]] = []
+    entry: dict[str, Any] = {'epoch': 0, 'lr': config.learning_rates['nn'], 'time_s': 0.0}
+    if valid_data is not None:
+        validation(entry)
+    history.append(entry)
+    best_epoch, best_metric, best_state = 0, metric_of(entry), _clone_state(model)
+    epochs_without_improvement, stopped_early, step = 0, False, 0
+    for epoch in range(1, config.epochs + 1):
+        epoch_started = time.perf_counter()
+        model.train()
+        accumulator = _ErrorAccumulator()
+        order = rng.permutation(n_train)
+        for start in range(0, n_train, batch_size):
+            batch = train_data.batch(order[start : start + batch_size])
+            predictions = model(batch, compute_forces=need_forces, compute_stress=need_stress, training=True)
+            loss = loss_function(predictions, batch, weights)
+            value = float(loss.detach())
+            step += 1
+            if not math.isfinite(value):
+                model.load_state_dict(best_state)
+                raise TrainingDivergedError(epoch, step, value)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            accumulator.add(predictions, batch, loss)
+        model.eval()
+        entry = {'epoch': epoch, 'lr': optimizer.param_groups[0]['lr']}
+        entry.update({f'train_{key}': value for key, value in accumulator.result().items()})
+        validation(entry)
+        entry['time_s'] = time.perf_counter() - epoch_started
+        history.append(entry)
+        current = metric_of(entry)
+        if current < best_metric:
+            best_epoch, best_metric, best_state = epoch, current, _clone_state(model)
+            epochs_without_improvement = 0
+        else:
+            epochs_without_improvement += 1
+        if config.callback is not None and (epoch % config.log_every == 0 or epoch == config.epochs):
+            config.callback(_format_line(entry) + ('  *' if best_epoch == epoch else ''))
+        if config.patience is not None and epochs_without_improvement >= config.patience:
+            stopped_early = True
+            break
+    if best_epoch == 0 and valid_data is None:
+        best_epoch, best_state = history[-1]['epoch'], _clone_state(model)  # no metric before training
+    model.load_state_dict(best_state)
+    return TrainingResult(
+        history=copy.deepcopy(history),
+        best_epoch=best_epoch,
+        best_metric=best_metric,
+        epochs_run=history[-1]['epoch'],
+        stopped_early=stopped_early,
+        shift=shift,
+        n_train=n_train,
+        n_valid=0 if valid_data is None else len(valid_data),
+        wall_time_s=time.perf_counter() - started,
+        metric=metric_key,
+    )

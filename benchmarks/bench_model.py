@@ -1,0 +1,156 @@
+"""Speed of the default GM-NN model: energy + forces per atom and step, and one Adam training epoch.
+
+Measured in one run:
+  * ``us_per_atom_step``: wall time of one energy + forces evaluation of fcc Cu with 864 atoms (6x6x6 conventional
+    cells; 108 atoms with ``--quick``) divided by the number of atoms, µs, on the CPU, including the neighbour list
+    (what one MD step costs); ``per_size`` gives, for 108 and 864 atoms (32 and 108 with ``--quick``), the same
+    value (``us_per_atom_step``), the model alone (``model_us_per_atom_step``) and the neighbour list alone;
+  * ``train_epoch_s``: one epoch of :func:`train_adam` over 100 rattled Cu-32 configurations (EMT labels, batch 32;
+    8 configurations with ``--quick``), without the one-off neighbour lists;
+  * the same on CUDA when ``torch.cuda.is_available()`` (keys prefixed ``cuda_``).
+Model: ``GMNNHyperparameters(species=['Cu'])`` (cutoff 5 Å, 9 Gaussians, 7 radial functions, d_0 = 910, 512x512,
+float32). Prints one JSON line. Target: ``us_per_atom_step`` <= 100 µs on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+
+def copper(repeats: int, rattle: float = 0.05, seed: int = 0):
+    from ase.build import bulk
+
+    atoms = bulk('Cu', 'fcc', a=3.61, cubic=True) * (repeats, repeats, repeats)
+    atoms.rattle(rattle, seed=seed)
+    return atoms
+
+
+def time_evaluation(model, atoms, repeats: int) -> dict[str, float]:
+    """Per-atom µs of neighbour list + model, model only, neighbour list only (best of ``repeats``)."""
+    import numpy as np
+    import torch
+
+    from aiida_alkit.models.batching import batch_from_arrays
+
+    def synchronize() -> None:
+        if model.device.type == 'cuda':
+            torch.cuda.synchronize()
+
+    def make_batch():
+        return batch_from_arrays(
+            atoms.get_positions(),
+            atoms.numbers,
+            np.asarray(atoms.cell[:])[None],
+            atoms.pbc[None],
+            np.array([0, len(atoms)]),
+            model.species,
+            model.cutoff,
+            device=model.device,
+            dtype=model.dtype,
+        )
+
+    def step() -> None:
+        out = model(make_batch(), compute_forces=True)
+        out['forces'].cpu()
+
+    batch = make_batch()
+
+    def model_only() -> None:
+        out = model(batch, compute_forces=True)
+        out['forces'].cpu()
+
+    def best(function) -> float:
+        function()  # warm-up
+        times = []
+        for _ in range(repeats):
+            synchronize()
+            start = time.perf_counter()
+            function()
+            synchronize()
+            times.append(time.perf_counter() - start)
+        return min(times) / len(atoms) * 1e6
+
+    return {
+        'us_per_atom_step': best(step),
+        'model_us_per_atom_step': best(model_only),
+        'neighbors_us_per_atom_step': best(make_batch),
+        'n_edges': int(batch.edge_i.shape[0]),
+    }
+
+
+def training_set(n_configs: int):
+    from ase.calculators.emt import EMT
+
+    from aiida_alkit.io.arrays import ConfigurationArrays
+
+    structures = []
+    for index in range(n_configs):
+        atoms = copper(2, rattle=0.08, seed=index)
+        atoms.set_cell(atoms.cell[:] * (1.0 + 0.005 * (index % 7 - 3)), scale_atoms=True)
+        atoms.calc = EMT()
+        atoms.get_forces()
+        atoms.get_stress()
+        structures.append(atoms)
+    return ConfigurationArrays.from_atoms(structures)
+
+
+def time_training_epoch(device: str, data) -> dict[str, float]:
+    from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
+    from aiida_alkit.models.training import TrainingConfig, train_adam
+
+    model = GMNN(GMNNHyperparameters(species=['Cu']), device=device)
+    start = time.perf_counter()
+    result = train_adam(model, data, None, TrainingConfig(epochs=1, batch_size=32, valid_fraction=0.0))
+    return {'train_epoch_s': result.history[1]['time_s'], 'train_total_s': time.perf_counter() - start}
+
+
+def run(quick: bool) -> dict:
+    import torch
+
+    from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
+
+    sizes = (2, 3) if quick else (3, 6)  # conventional cells per direction: 32/108 or 108/864 atoms
+    devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    data = training_set(8 if quick else 100)
+    report: dict = {
+        'benchmark': 'gmnn_default_model_speed',
+        'quick': quick,
+        'device': 'cpu',
+        'devices': devices,
+        'torch_threads': torch.get_num_threads(),
+        'torch': torch.__version__,
+        'cpu': platform.processor() or platform.machine(),
+    }
+    for device in devices:
+        model = GMNN(GMNNHyperparameters(species=['Cu']), device=device)
+        prefix = '' if device == 'cpu' else f'{device}_'
+        per_size = {}
+        for repeats in sizes:
+            atoms = copper(repeats)
+            n_repeats = 3 if quick or len(atoms) > 500 else 5
+            per_size[str(len(atoms))] = {k: round(v, 2) for k, v in time_evaluation(model, atoms, n_repeats).items()}
+        report[f'{prefix}per_size'] = per_size
+        report[f'{prefix}us_per_atom_step'] = per_size[str(len(copper(sizes[-1])))]['us_per_atom_step']
+        report.update({f'{prefix}{k}': round(v, 3) for k, v in time_training_epoch(device, data).items()})
+    report['train_configs'] = len(data)
+    report['target_us_per_atom_step'] = 100.0
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--quick', action='store_true', help='smaller cells and training set (a few seconds)')
+    parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch default)')
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(json.dumps(run(args.quick)))
+
+
+if __name__ == '__main__':
+    main()
