@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from aiida_alkit.models.batching import batch_from_arrays
+from aiida_alkit.models.batching import batch_from_atoms
 from aiida_alkit.models.gmnn import GMNN
 
 __all__ = ['GMNNCalculator']
@@ -34,17 +34,8 @@ class GMNNCalculator(Calculator):
         properties = properties or ['energy']
         periodic = bool(np.all(atoms.pbc))
         model = self.model
-        batch = batch_from_arrays(
-            atoms.get_positions(),
-            atoms.numbers,
-            np.asarray(atoms.cell[:], dtype=np.float64)[None],
-            np.asarray(atoms.pbc, dtype=bool)[None],
-            np.array([0, len(atoms)]),
-            model.species,
-            model.cutoff,
-            device=model.device,
-            dtype=model.dtype,
-        )
+        # labels=False: the atoms may carry a previous calculator's results that must not enter the batch
+        batch = batch_from_atoms([atoms], model.species, model.cutoff, model.device, model.dtype, labels=False)
         output = model(batch, compute_forces=True, compute_stress=periodic, training=False)
         energy = float(output['energy'].detach().cpu().item())
         self.results = {

@@ -25,7 +25,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from torch import nn
 
-from aiida_alkit.models.batching import Batch, batch_from_arrays, batch_from_atoms
+from aiida_alkit.models.batching import Batch, batch_from_atoms
 from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
 from aiida_alkit.models.training import TrainingConfig, TrainingResult, split_train_valid, train_adam
 
@@ -232,16 +232,9 @@ class CommitteeCalculator(Calculator):
         atoms = self.atoms
         periodic = bool(np.all(atoms.pbc))
         committee = self.committee
-        batch = batch_from_arrays(
-            atoms.get_positions(),
-            atoms.numbers,
-            np.asarray(atoms.cell[:], dtype=np.float64)[None],
-            np.asarray(atoms.pbc, dtype=bool)[None],
-            np.array([0, len(atoms)]),
-            committee.species,
-            committee.cutoff,
-            device=committee.device,
-            dtype=committee.dtype,
+        # labels=False: the atoms may carry a previous calculator's results that must not enter the batch
+        batch = batch_from_atoms(
+            [atoms], committee.species, committee.cutoff, committee.device, committee.dtype, labels=False
         )
         out = committee.predict(batch, compute_forces=True, compute_stress=periodic)
 
