@@ -1,0 +1,128 @@
+"""`alkit.train`: train a GM-NN potential (Adam, RLEKF, or an Adam committee) on a DatasetData."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+from aiida import orm
+from aiida.common.datastructures import CalcInfo, CodeInfo
+from aiida.engine import CalcJob
+
+from aiida_alkit.data.dataset import DatasetData
+from aiida_alkit.data.potential import PotentialData
+from aiida_alkit.jobs.common import PARAMETERS_FILE, RESULTS_FILE
+from aiida_alkit.jobs.train import DATASET_FILE, INITIAL_FILE, METRICS_FILE, POTENTIAL_FILE
+
+__all__ = ['TrainCalculation', 'validate_train_parameters']
+
+_TOP_LEVEL = {'model', 'optimizer', 'training', 'rlekf', 'committee_size', 'kpu', 'device', 'num_threads'}
+
+
+def _field_names(cls) -> set[str]:
+    return {item.name for item in fields(cls)}
+
+
+def validate_train_parameters(parameters: dict) -> str | None:
+    """Message naming the first problem of a ``parameters`` dictionary of the train job, or None."""
+    from aiida_alkit.models.gmnn import GMNNHyperparameters
+    from aiida_alkit.models.rlekf import RLEKFConfig
+    from aiida_alkit.models.training import TrainingConfig
+
+    unknown = sorted(set(parameters) - _TOP_LEVEL)
+    if unknown:
+        return f'unknown train parameters {unknown}; allowed: {sorted(_TOP_LEVEL)}'
+    optimizer = parameters.get('optimizer', 'adam')
+    if optimizer not in ('adam', 'rlekf'):
+        return f'optimizer must be "adam" or "rlekf", got {optimizer!r}'
+    size = parameters.get('committee_size', 1)
+    if not isinstance(size, int) or size < 1:
+        return f'committee_size must be a positive integer, got {size!r}'
+    if size > 1 and optimizer != 'adam':
+        return 'a committee (committee_size > 1) is trained with optimizer "adam" only'
+    if parameters.get('device', 'auto') not in ('auto', 'cpu', 'cuda'):
+        return f'device must be "auto", "cpu" or "cuda", got {parameters["device"]!r}'
+    for key, cls, extra in (
+        ('model', GMNNHyperparameters, set()),
+        ('training', TrainingConfig, set()),
+        ('rlekf', RLEKFConfig, {'epochs', 'batch_size'}),
+    ):
+        bad = sorted(set(parameters.get(key) or {}) - _field_names(cls) - extra - {'model_kind'})
+        if bad:
+            return f'unknown {key} parameters {bad}'
+    try:
+        if parameters.get('model'):
+            GMNNHyperparameters.from_dict({'species': ['H'], **parameters['model']})
+        TrainingConfig.from_dict(parameters.get('training') or {})
+    except (TypeError, ValueError) as exc:
+        return f'invalid train parameters: {exc}'
+    return None
+
+
+def _validate_parameters(value: orm.Dict, _) -> str | None:
+    return validate_train_parameters(value.get_dict())
+
+
+def _validate_inputs(inputs: dict, _) -> str | None:
+    dataset = inputs['dataset']
+    if 'energy' not in dataset.labels:
+        return f'dataset {dataset.pk} has no energy labels; label it before training'
+    species = (inputs['parameters'].get_dict().get('model') or {}).get('species')
+    if species:
+        missing = sorted(set(dataset.species) - set(species))
+        if missing:
+            return f'dataset contains {missing}, which model.species {species} lacks'
+    return None
+
+
+class TrainCalculation(CalcJob):
+    """Train a GM-NN potential with ``python -m aiida_alkit.jobs.train`` (GPU through ``parameters.device``)."""
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input('dataset', valid_type=DatasetData, help='Labelled training set; info.split="valid" rows validate.')
+        spec.input(
+            'parameters',
+            valid_type=orm.Dict,
+            default=lambda: orm.Dict({}),
+            validator=_validate_parameters,
+            help='model / optimizer / training / rlekf / committee_size / device settings (see jobs/train.py).',
+        )
+        spec.input(
+            'initial_potential',
+            valid_type=PotentialData,
+            required=False,
+            help='Continue training from this potential (warm start or restart).',
+        )
+        spec.inputs.validator = _validate_inputs
+        options = spec.inputs['metadata']['options']
+        options['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
+        options['withmpi'].default = False
+        options['parser_name'].default = 'alkit.train'
+        options['output_filename'].default = 'job.out'
+
+        spec.output('potential', valid_type=PotentialData, help='The trained potential (RLEKF P in its extras).')
+        spec.output('metrics', valid_type=orm.Dict, help='Final train/validation errors and the training history.')
+        spec.exit_code(300, 'ERROR_NO_RESULTS_FILE', message='The job wrote no results file: it crashed or was killed.')
+        spec.exit_code(301, 'ERROR_INVALID_RESULTS_FILE', message='The results file could not be read: {error}')
+        spec.exit_code(302, 'ERROR_POTENTIAL_MISSING', message='The job finished but wrote no potential file.')
+        spec.exit_code(400, 'ERROR_JOB_FAILED', message='The train job failed: {error}')
+        spec.exit_code(410, 'ERROR_TRAINING_DIVERGED', message='Training diverged (NaN/inf loss): {error}')
+
+    def prepare_for_submission(self, folder):
+        with folder.open(PARAMETERS_FILE, 'w') as handle:
+            json.dump(self.inputs.parameters.get_dict(), handle, indent=1)
+        codeinfo = CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.cmdline_params = ['-m', 'aiida_alkit.jobs.train', '.']
+        codeinfo.stdout_name = self.metadata.options.output_filename
+        codeinfo.join_files = True
+        calcinfo = CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        calcinfo.local_copy_list = [(self.inputs.dataset.uuid, DatasetData.FILENAME, DATASET_FILE)]
+        if 'initial_potential' in self.inputs:
+            calcinfo.local_copy_list.append((self.inputs.initial_potential.uuid, PotentialData.FILENAME, INITIAL_FILE))
+        calcinfo.retrieve_list = [RESULTS_FILE, METRICS_FILE, self.metadata.options.output_filename]
+        calcinfo.retrieve_temporary_list = [POTENTIAL_FILE]
+        return calcinfo

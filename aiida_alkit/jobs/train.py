@@ -1,0 +1,168 @@
+"""Train a GM-NN potential (or committee): ``python -m aiida_alkit.jobs.train <folder>``.
+
+Reads ``dataset.npz`` (a :class:`~aiida_alkit.io.arrays.ConfigurationArrays`; configurations whose ``info.split``
+is ``'valid'`` form the validation set), optionally ``initial.pt`` (a potential to continue from) and
+``parameters.json``::
+
+    {"model": {...GMNNHyperparameters fields...},   # species default: those of the dataset
+     "optimizer": "adam" | "rlekf",
+     "training": {...TrainingConfig fields...},      # adam
+     "rlekf": {...RLEKFConfig fields..., "epochs": 10, "batch_size": 1},
+     "committee_size": 1,                            # > 1: a committee of independently initialised models (adam)
+     "kpu": {"fraction": 0.5, "max_configurations": 200},   # rlekf: KPU_trained saved with the potential
+     "device": "auto" | "cpu" | "cuda",
+     "num_threads": null}
+
+Writes ``potential.pt`` (one file; RLEKF's P blocks and KPU_trained in its extras), ``metrics.json`` (final
+train/validation RMSEs: energy per atom in eV/atom, forces in eV/Å, stress in eV/Å³, and the per-epoch history)
+and ``results.json``. A NaN loss is reported as ``status: diverged`` so the restart work chain can lower the
+learning rate and try again.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from aiida_alkit.io.arrays import ConfigurationArrays
+from aiida_alkit.jobs.common import progress, run_job
+
+__all__ = ['DATASET_FILE', 'INITIAL_FILE', 'METRICS_FILE', 'POTENTIAL_FILE', 'main', 'split_by_info']
+
+DATASET_FILE = 'dataset.npz'
+INITIAL_FILE = 'initial.pt'
+POTENTIAL_FILE = 'potential.pt'
+METRICS_FILE = 'metrics.json'
+
+
+def split_by_info(arrays: ConfigurationArrays) -> tuple[ConfigurationArrays, ConfigurationArrays | None]:
+    """Training and validation sets from ``info.split`` ('train'/'valid'); all training when there is no split."""
+    if 'split' not in arrays.info:
+        return arrays, None
+    valid = np.flatnonzero(arrays.info['split'] == 'valid')
+    train = np.flatnonzero(arrays.info['split'] != 'valid')
+    if train.size == 0:
+        raise ValueError('the dataset has no training configurations (every info.split is "valid")')
+    return arrays.subset(train), (arrays.subset(valid) if valid.size else None)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise ValueError('device "cuda" requested but torch sees no GPU')
+    return name
+
+
+def _errors(model, arrays: ConfigurationArrays | None) -> dict[str, Any] | None:
+    if arrays is None:
+        return None
+    from aiida_alkit.models.training import GraphDataset, evaluate_errors
+
+    data = GraphDataset.from_configurations(arrays, model.species, model.cutoff, model.device, model.dtype)
+    return evaluate_errors(model, data)
+
+
+def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
+    from aiida_alkit.models.training import TrainingConfig, TrainingDivergedError
+
+    if parameters.get('num_threads'):
+        torch.set_num_threads(int(parameters['num_threads']))
+    arrays = ConfigurationArrays.load(folder / DATASET_FILE)
+    if arrays.energy is None:
+        raise ValueError('the training set has no energy labels')
+    train, valid = split_by_info(arrays)
+    device = _device(parameters.get('device', 'auto'))
+    model_settings = dict(parameters.get('model') or {})
+    model_settings.setdefault('species', arrays.species)
+    hyperparameters = GMNNHyperparameters.from_dict(model_settings)
+    missing = sorted(set(arrays.species) - set(hyperparameters.species))
+    if missing:
+        raise ValueError(f'the dataset contains {missing}, which the model species {hyperparameters.species} lack')
+    optimizer = parameters.get('optimizer', 'adam')
+    committee_size = int(parameters.get('committee_size', 1))
+    progress(
+        f'training {"a committee of " + str(committee_size) if committee_size > 1 else "one"} GM-NN with {optimizer} '
+        f'on {len(train)} configurations ({0 if valid is None else len(valid)} for validation), device {device}'
+    )
+    training = TrainingConfig.from_dict({**(parameters.get('training') or {}), 'callback': None})
+    training.callback = progress
+    extras: dict[str, Any] = {}
+    history: Any
+    try:
+        if optimizer == 'adam' and committee_size > 1:
+            from aiida_alkit.models.committee import Committee, train_committee
+
+            if (folder / INITIAL_FILE).is_file():
+                committee = Committee.load(folder / INITIAL_FILE, device=device)
+            else:
+                committee = Committee(hyperparameters, n_members=committee_size, device=device)
+            committee, results = train_committee(committee, train, valid, training)
+            committee.save(folder / POTENTIAL_FILE)
+            history = [result.to_dict() for result in results]
+            errors = [_errors(member, valid) for member in committee.members]
+            return _finish(folder, history, {'valid_members': errors, 'train': None})
+        model = GMNN.load(folder / INITIAL_FILE, device=device) if (folder / INITIAL_FILE).is_file() else None
+        model = model or GMNN(hyperparameters, device=device)
+        if optimizer == 'adam':
+            from aiida_alkit.models.training import train_adam
+
+            history = train_adam(model, train, valid, training).to_dict()
+        elif optimizer == 'rlekf':
+            from aiida_alkit.models.rlekf import RLEKFConfig, kpu_trained, train_rlekf
+
+            settings = dict(parameters.get('rlekf') or {})
+            epochs = int(settings.pop('epochs', 10))
+            batch_size = int(settings.pop('batch_size', 1))
+            result = train_rlekf(
+                model,
+                train,
+                valid,
+                RLEKFConfig(**settings),
+                epochs=epochs,
+                batch_size=batch_size,
+                callback=lambda epoch, metrics, _: progress(f'epoch {epoch}: {json.dumps(metrics)}'),
+            )
+            history = result.as_dict()
+            extras['rlekf'] = result.optimizer.state_dict()
+            kpu = parameters.get('kpu') or {}
+            extras['kpu_trained'] = float(
+                kpu_trained(
+                    model,
+                    result.optimizer,
+                    train,
+                    fraction=float(kpu.get('fraction', 0.5)),
+                    max_configurations=kpu.get('max_configurations', 200),
+                )
+            )
+        else:
+            raise ValueError(f'unknown optimizer {optimizer!r}: use "adam" or "rlekf"')
+    except TrainingDivergedError as exc:
+        return {'status': 'diverged', 'error_message': str(exc), 'epoch': exc.epoch}
+    model.save(folder / POTENTIAL_FILE, extras=extras)
+    return _finish(folder, history, {'train': _errors(model, train), 'valid': _errors(model, valid)}, extras)
+
+
+def _finish(folder: pathlib.Path, history: Any, errors: dict[str, Any], extras: dict[str, Any] | None = None):
+    metrics = {'errors': errors, 'history': history}
+    if extras and 'kpu_trained' in extras:
+        metrics['kpu_trained'] = extras['kpu_trained']
+    (folder / METRICS_FILE).write_text(json.dumps(metrics, default=float, indent=1))
+    progress(f'final errors: {json.dumps(errors, default=float)}')
+    return {'status': 'ok'}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(_main, argv)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Parser of `alkit.train`: potential.pt → PotentialData (with metric attributes), metrics.json → Dict."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+from aiida import orm
+from aiida.parsers import Parser
+
+from aiida_alkit.data.potential import PotentialData
+from aiida_alkit.jobs.common import RESULTS_FILE
+from aiida_alkit.jobs.train import METRICS_FILE, POTENTIAL_FILE
+from aiida_alkit.models.serialization import PotentialFileError
+
+__all__ = ['TrainParser']
+
+_UNITS = {'energy': 'ev_per_atom', 'forces': 'ev_per_ang', 'stress': 'ev_per_ang3'}
+
+
+def flat_metrics(errors: dict) -> dict[str, float]:
+    """``{'valid': {'forces_rmse': x}}`` → ``{'valid_forces_rmse_ev_per_ang': x}`` (units in the names)."""
+    flat = {}
+    for split in ('train', 'valid'):
+        for key, value in (errors.get(split) or {}).items():
+            if value is None:
+                continue
+            quantity = key.split('_')[0]
+            unit = _UNITS.get(quantity)
+            flat[f'{split}_{key}' + (f'_{unit}' if unit else '')] = float(value)
+    return flat
+
+
+def finite_or_none(value):
+    """The same structure with NaN/inf floats replaced by None (the database stores JSON, which has no NaN)."""
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite_or_none(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class TrainParser(Parser):
+    """Outputs of the train job; exit codes as defined on ``TrainCalculation``."""
+
+    def parse(self, **kwargs):
+        names = self.retrieved.base.repository.list_object_names()
+        if RESULTS_FILE not in names:
+            return self.exit_codes.ERROR_NO_RESULTS_FILE
+        try:
+            results = json.loads(self.retrieved.base.repository.get_object_content(RESULTS_FILE))
+        except ValueError as exc:
+            return self.exit_codes.ERROR_INVALID_RESULTS_FILE.format(error=str(exc))
+        if results.get('status') == 'diverged':
+            return self.exit_codes.ERROR_TRAINING_DIVERGED.format(error=results.get('error_message', ''))
+        if 'error' in results:
+            return self.exit_codes.ERROR_JOB_FAILED.format(error=results['error'])
+        temporary = kwargs.get('retrieved_temporary_folder')
+        path = pathlib.Path(temporary) / POTENTIAL_FILE if temporary else None
+        if path is None or not path.is_file():
+            return self.exit_codes.ERROR_POTENTIAL_MISSING
+        metrics = {}
+        if METRICS_FILE in names:
+            metrics = finite_or_none(json.loads(self.retrieved.base.repository.get_object_content(METRICS_FILE)))
+        try:
+            potential = PotentialData(file=path)
+        except PotentialFileError as exc:
+            return self.exit_codes.ERROR_JOB_FAILED.format(error=str(exc))
+        potential.set_metrics(flat_metrics(metrics.get('errors') or {}))
+        if 'kpu_trained' in metrics:
+            potential.base.attributes.set('kpu_trained', float(metrics['kpu_trained']))
+        self.out('potential', potential)
+        self.out('metrics', orm.Dict(metrics))
+        return None
