@@ -1,0 +1,128 @@
+"""Inductive conformal prediction (ICP) for uncertainty calibration, seed paper 003 (Zaverkin et al. 2024), Methods.
+
+Steps of the paper: (1) compute errors on a held-out calibration set of size ``n``; (2) compute the uncertainties
+``u``; (3) form the nonconformity scores ``s = |error| / u``; (4) take the ``ceil((n + 1)(1 - alpha)) / n`` empirical
+quantile ``q-hat`` of the scores; (5) the calibrated uncertainty of a new point is ``q-hat * u``. For exchangeable
+data ``P(|error| <= q-hat * u) >= 1 - alpha`` (finite-sample coverage, eq. 28).
+
+Usage:
+
+* per atom (forces): ``errors`` = per-atom force RMSE ``sqrt(mean_a (F_ia - F_ia^ref)^2)`` in eV/Å (see
+  :func:`atomic_force_rmse`), ``uncertainties`` = the atom-based uncertainties of the same atoms, pooled over all
+  calibration structures. Atoms of one structure are correlated, so the guarantee is then approximate. To calibrate
+  the "maximal" quantities of the paper's Fig. 2, pass per-structure ``max_i u_i`` and ``max_i error_i`` instead.
+* per structure (energies): ``errors`` = ``|E - E^ref| / N_atoms`` in eV/atom (:func:`energy_error_per_atom`) and the
+  per-structure uncertainties.
+
+The uncertainty may be unitless (distance / posterior based): the calibrated bound carries the error unit, and
+:meth:`ConformalCalibrator.threshold` turns an error threshold (e.g. 1.0 eV/Å) into the raw-uncertainty threshold
+that an exploration run compares its uncalibrated uncertainties against.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ['ConformalCalibrator', 'atomic_force_rmse', 'conformal_quantile', 'energy_error_per_atom']
+
+
+def _array(value: Any, name: str) -> np.ndarray:
+    if hasattr(value, 'detach'):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
+def atomic_force_rmse(forces: Any, reference: Any) -> np.ndarray:
+    """Per-atom force RMSE over the Cartesian components, ``(..., N, 3) -> (..., N)``, eV/Å."""
+    difference = _array(forces, 'forces') - _array(reference, 'reference')
+    if difference.shape[-1] != 3:
+        raise ValueError(f'forces must end in a Cartesian axis of length 3, got shape {difference.shape}')
+    return np.sqrt(np.mean(difference**2, axis=-1))
+
+
+def energy_error_per_atom(energies: Any, reference: Any, n_atoms: Any) -> np.ndarray:
+    """Absolute energy error per atom ``|E - E^ref| / N_atoms`` in eV/atom."""
+    return np.abs(_array(energies, 'energies') - _array(reference, 'reference')) / _array(n_atoms, 'n_atoms')
+
+
+def conformal_quantile(scores: Any, alpha: float) -> float:
+    """The ``ceil((n + 1)(1 - alpha))``-th smallest score, i.e. the finite-sample corrected ``1 - alpha`` quantile.
+
+    Returns ``inf`` when ``ceil((n + 1)(1 - alpha)) > n`` (too few calibration points for that confidence).
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f'alpha must lie in (0, 1), got {alpha}')
+    scores = np.sort(_array(scores, 'scores').ravel())
+    n = scores.size
+    if n == 0:
+        raise ValueError('need at least one calibration score')
+    if np.any(np.isnan(scores)):
+        raise ValueError('calibration scores contain NaN')
+    # small guard against round-off in (n + 1)(1 - alpha) landing just above an integer
+    rank = math.ceil((n + 1) * (1.0 - alpha) - 1e-9)
+    if rank > n:
+        return math.inf
+    return float(scores[max(rank, 1) - 1])
+
+
+class ConformalCalibrator:
+    """Inductive conformal calibration of an uncertainty ``u`` into an error bound at confidence ``1 - alpha``.
+
+    After :meth:`fit`, ``quantile_`` (= ``scale_``) is ``q-hat``, ``alpha_`` the miscoverage level and
+    ``n_calibration_`` the number of calibration points.
+    """
+
+    def fit(self, uncertainties: Any, errors: Any, alpha: float = 0.05) -> ConformalCalibrator:
+        """Calibrate on held-out ``uncertainties`` and ``errors`` (same shape, any; flattened).
+
+        Nonconformity scores are ``|error| / u``; ``u`` must be non-negative (``u = 0`` with a non-zero error gives an
+        infinite score, ``0 / 0`` counts as 0).
+        """
+        u = _array(uncertainties, 'uncertainties').ravel()
+        errors = np.abs(_array(errors, 'errors')).ravel()
+        if u.shape != errors.shape:
+            raise ValueError(f'{u.size} uncertainties but {errors.size} errors')
+        if np.any(u < 0) or not np.all(np.isfinite(u)) or not np.all(np.isfinite(errors)):
+            raise ValueError('uncertainties must be finite and non-negative, errors finite')
+        with np.errstate(divide='ignore', invalid='ignore'):
+            scores = np.where(u > 0, errors / np.where(u > 0, u, 1.0), np.where(errors > 0, np.inf, 0.0))
+        self.scores_ = scores
+        self.alpha_ = float(alpha)
+        self.n_calibration_ = int(scores.size)
+        self.quantile_ = conformal_quantile(scores, alpha)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, 'quantile_'):
+            raise RuntimeError('ConformalCalibrator is not fitted yet; call fit() first')
+
+    @property
+    def scale_(self) -> float:
+        """Re-scaling factor ``q-hat`` (error unit per uncertainty unit)."""
+        self._check_fitted()
+        return self.quantile_
+
+    def calibrate(self, uncertainties: Any) -> np.ndarray:
+        """Calibrated uncertainties ``q-hat * u``: error bounds in the error unit (eV/Å or eV/atom)."""
+        self._check_fitted()
+        return self.quantile_ * _array(uncertainties, 'uncertainties')
+
+    def threshold(self, error_threshold: float) -> float:
+        """Raw-uncertainty threshold ``error_threshold / q-hat`` equivalent to a calibrated error threshold.
+
+        ``calibrate(u) > error_threshold`` exactly when ``u > threshold(error_threshold)``.
+        """
+        self._check_fitted()
+        if error_threshold < 0:
+            raise ValueError(f'error_threshold must be non-negative, got {error_threshold}')
+        if self.quantile_ == 0:
+            return math.inf
+        return float(error_threshold / self.quantile_)
+
+    def coverage(self, uncertainties: Any, errors: Any) -> float:
+        """Fraction of ``|errors|`` not exceeding their calibrated bound (empirical coverage)."""
+        bounds = self.calibrate(uncertainties)
+        return float(np.mean(np.abs(_array(errors, 'errors')) <= bounds))
