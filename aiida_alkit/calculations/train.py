@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import fields
 
 from aiida import orm
@@ -12,7 +13,7 @@ from aiida.engine import CalcJob
 from aiida_alkit.data.dataset import DatasetData
 from aiida_alkit.data.potential import PotentialData
 from aiida_alkit.jobs.common import PARAMETERS_FILE, RESULTS_FILE
-from aiida_alkit.jobs.train import DATASET_FILE, INITIAL_FILE, METRICS_FILE, POTENTIAL_FILE
+from aiida_alkit.jobs.train import CHECKPOINT_FILE, DATASET_FILE, INITIAL_FILE, METRICS_FILE, POTENTIAL_FILE
 
 __all__ = ['TrainCalculation', 'validate_train_parameters']
 
@@ -64,6 +65,8 @@ def _validate_parameters(value: orm.Dict, _) -> str | None:
 
 
 def _validate_inputs(inputs: dict, _) -> str | None:
+    if 'initial_potential' in inputs and 'parent_folder' in inputs:
+        return 'give initial_potential or parent_folder (resume from its checkpoint), not both'
     dataset = inputs['dataset']
     if 'energy' not in dataset.labels:
         return f'dataset {dataset.pk} has no energy labels; label it before training'
@@ -95,6 +98,12 @@ class TrainCalculation(CalcJob):
             required=False,
             help='Continue training from this potential (warm start or restart).',
         )
+        spec.input(
+            'parent_folder',
+            valid_type=orm.RemoteData,
+            required=False,
+            help='Work folder of an interrupted train job: training resumes from its checkpoint.pt.',
+        )
         spec.inputs.validator = _validate_inputs
         options = spec.inputs['metadata']['options']
         options['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
@@ -123,6 +132,10 @@ class TrainCalculation(CalcJob):
         calcinfo.local_copy_list = [(self.inputs.dataset.uuid, DatasetData.FILENAME, DATASET_FILE)]
         if 'initial_potential' in self.inputs:
             calcinfo.local_copy_list.append((self.inputs.initial_potential.uuid, PotentialData.FILENAME, INITIAL_FILE))
+        if 'parent_folder' in self.inputs:
+            parent = self.inputs.parent_folder
+            source = os.path.join(parent.get_remote_path(), CHECKPOINT_FILE)
+            calcinfo.remote_copy_list = [(parent.computer.uuid, source, INITIAL_FILE)]
         calcinfo.retrieve_list = [RESULTS_FILE, METRICS_FILE, self.metadata.options.output_filename]
         calcinfo.retrieve_temporary_list = [POTENTIAL_FILE]
         return calcinfo

@@ -30,11 +30,14 @@ import numpy as np
 from aiida_alkit.io.arrays import ConfigurationArrays
 from aiida_alkit.jobs.common import progress, run_job
 
-__all__ = ['DATASET_FILE', 'INITIAL_FILE', 'METRICS_FILE', 'POTENTIAL_FILE', 'main', 'split_by_info']
+__all__ = ['CHECKPOINT_FILE', 'DATASET_FILE', 'INITIAL_FILE', 'METRICS_FILE', 'POTENTIAL_FILE', 'main', 'split_by_info']
 
 DATASET_FILE = 'dataset.npz'
 INITIAL_FILE = 'initial.pt'
 POTENTIAL_FILE = 'potential.pt'
+#: Written after every Adam epoch of a single model (weights + ``epochs_done``); a job restarted with this file as
+#: its ``initial.pt`` continues with the remaining epochs (see ``TrainWorkChain``'s walltime handler).
+CHECKPOINT_FILE = 'checkpoint.pt'
 METRICS_FILE = 'metrics.json'
 
 
@@ -111,10 +114,29 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
             errors = [_errors(member, valid) for member in committee.members]
             return _finish(folder, history, {'valid_members': errors, 'train': None})
         model = GMNN.load(folder / INITIAL_FILE, device=device) if (folder / INITIAL_FILE).is_file() else None
+        epochs_done = 0
+        if model is not None:
+            from aiida_alkit.models.serialization import load_potential_file
+
+            epochs_done = int(load_potential_file(folder / INITIAL_FILE).extras.get('epochs_done', 0))
         model = model or GMNN(hyperparameters, device=device)
         if optimizer == 'adam':
             from aiida_alkit.models.training import train_adam
 
+            if epochs_done:  # resuming a checkpoint: the remaining epochs, no new energy shift
+                training.epochs = max(1, training.epochs - epochs_done)
+                training.fit_shift = False
+                progress(f'resuming from a checkpoint after {epochs_done} epochs: {training.epochs} epochs to go')
+
+            def checkpoint(line: str) -> None:
+                """Progress line, then the current weights; lines start with 'epoch <n>' (train_adam's format)."""
+                progress(line)
+                words = line.split()
+                if len(words) > 1 and words[0] == 'epoch' and words[1].isdigit() and int(words[1]) > 0:
+                    model.save(folder / CHECKPOINT_FILE, extras={'epochs_done': epochs_done + int(words[1])})
+
+            training.callback = checkpoint
+            training.log_every = 1
             history = train_adam(model, train, valid, training).to_dict()
         elif optimizer == 'rlekf':
             from aiida_alkit.models.rlekf import RLEKFConfig, kpu_trained, train_rlekf

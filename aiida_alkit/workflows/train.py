@@ -1,0 +1,72 @@
+"""`TrainWorkChain` (``alkit.train``): the train CalcJob with automatic recovery.
+
+Handlers (``BaseRestartWorkChain``): a diverged loss (NaN/inf) lowers every learning rate by ``lr_reduction``
+and trains again from scratch; a job killed at its walltime restarts from the checkpoint its work folder holds
+(the remaining epochs, same settings).
+"""
+
+from __future__ import annotations
+
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
+
+from aiida_alkit.calculations.train import TrainCalculation
+from aiida_alkit.models.gmnn import PAPER_LEARNING_RATES
+
+__all__ = ['TrainWorkChain']
+
+
+class TrainWorkChain(BaseRestartWorkChain):
+    """Train a potential; recover from a diverged loss or an exhausted walltime."""
+
+    _process_class = TrainCalculation
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.expose_inputs(TrainCalculation, namespace='train')
+        spec.input(
+            'lr_reduction',
+            valid_type=orm.Float,
+            default=lambda: orm.Float(0.1),
+            help='Factor applied to every learning rate after a diverged training run.',
+        )
+        spec.outline(
+            cls.setup,
+            while_(cls.should_run_process)(cls.run_process, cls.inspect_process),
+            cls.results,
+        )
+        spec.expose_outputs(TrainCalculation)
+        spec.exit_code(
+            401, 'ERROR_UNRECOVERABLE_FAILURE', message='The train job failed in a way no handler can recover from.'
+        )
+
+    def setup(self):
+        super().setup()
+        self.ctx.inputs = AttributeDict(self.exposed_inputs(TrainCalculation, 'train'))
+
+    @process_handler(priority=500, exit_codes=[TrainCalculation.exit_codes.ERROR_TRAINING_DIVERGED])
+    def handle_diverged(self, node):
+        """Lower the learning rates by ``lr_reduction`` and train again from scratch."""
+        parameters = self.ctx.inputs.parameters.get_dict()
+        training = dict(parameters.get('training') or {})
+        rates = dict(PAPER_LEARNING_RATES)
+        rates.update(training.get('learning_rates') or {})
+        factor = self.inputs.lr_reduction.value
+        training['learning_rates'] = {group: rate * factor for group, rate in rates.items()}
+        parameters['training'] = training
+        self.ctx.inputs.parameters = orm.Dict(parameters)
+        self.ctx.inputs.pop('parent_folder', None)
+        self.report(
+            f'{node.process_label}<{node.pk}> diverged: learning rates x{factor} -> {training["learning_rates"]}'
+        )
+        return ProcessHandlerReport(do_break=True)
+
+    @process_handler(priority=400, exit_codes=[TrainCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
+    def handle_out_of_walltime(self, node):
+        """Resume from the checkpoint in the killed job's work folder."""
+        self.ctx.inputs.parent_folder = node.outputs.remote_folder
+        self.ctx.inputs.pop('initial_potential', None)
+        self.report(f'{node.process_label}<{node.pk}> ran out of walltime: resuming from its checkpoint')
+        return ProcessHandlerReport(do_break=True)

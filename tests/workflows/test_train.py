@@ -1,0 +1,66 @@
+"""TrainWorkChain recovers from a diverged loss; the train job resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+from aiida import orm
+from aiida.engine import run_get_node
+from aiida.plugins import WorkflowFactory
+from ase.build import bulk
+
+from aiida_alkit.io.arrays import ConfigurationArrays
+from aiida_alkit.jobs import train as train_job
+from aiida_alkit.models.serialization import load_potential_file
+
+from ..calculations.test_train import TINY, training_set  # noqa: F401  (fixture)
+from ..conftest import label_with_emt
+
+TrainWorkChain = WorkflowFactory('alkit.train')
+
+
+def test_diverged_training_is_retried_with_lower_learning_rates(alkit_python_code, training_set):  # noqa: F811
+    rates = {'nn': 1e10, 'representation': 1e10, 'shift': 1e10, 'scale': 1e10}
+    parameters = {
+        'model': TINY,
+        'num_threads': 1,
+        'device': 'cpu',
+        'training': {'epochs': 3, 'batch_size': 4, 'learning_rates': rates},
+    }
+    results, node = run_get_node(
+        TrainWorkChain,
+        train={
+            'code': alkit_python_code,
+            'dataset': training_set,
+            'parameters': orm.Dict(parameters),
+            'metadata': {'options': {'max_wallclock_seconds': 600}},
+        },
+        lr_reduction=orm.Float(1e-12),
+    )
+    assert node.is_finished_ok, node.exit_message
+    calls = sorted(node.called, key=lambda n: n.ctime)
+    assert calls[0].exit_status == 410  # diverged
+    assert calls[-1].exit_status == 0
+    retried = calls[-1].inputs.parameters['training']['learning_rates']
+    assert abs(retried['nn'] - 1e-2) < 1e-12
+    assert results['potential'].metrics['valid_forces_rmse_ev_per_ang'] > 0
+
+
+def test_job_writes_checkpoints_and_resumes(tmp_path):
+    structures = [label_with_emt(bulk('Cu', 'fcc', a=3.6, cubic=True).copy()) for _ in range(2)]
+    for seed, atoms in enumerate(structures):
+        atoms.positions += 0.05 * seed
+    ConfigurationArrays.from_atoms([label_with_emt(a) for a in structures]).save(tmp_path / train_job.DATASET_FILE)
+    parameters = {'model': TINY, 'num_threads': 1, 'device': 'cpu', 'training': {'epochs': 3, 'valid_fraction': 0}}
+    (tmp_path / 'parameters.json').write_text(json.dumps(parameters))
+    assert train_job.main([str(tmp_path)]) == 0
+    checkpoint = load_potential_file(tmp_path / train_job.CHECKPOINT_FILE)
+    assert checkpoint.extras['epochs_done'] == 3
+    # an interrupted job's checkpoint becomes the next job's initial.pt: only the remaining epochs run
+    parameters['training']['epochs'] = 5
+    (tmp_path / 'parameters.json').write_text(json.dumps(parameters))
+    (tmp_path / train_job.CHECKPOINT_FILE).rename(tmp_path / train_job.INITIAL_FILE)
+    assert train_job.main([str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / train_job.METRICS_FILE).read_text())
+    assert [entry['epoch'] for entry in metrics['history']['history']] == [0, 1, 2]
+    assert load_potential_file(tmp_path / train_job.CHECKPOINT_FILE).extras['epochs_done'] == 5
