@@ -521,7 +521,7 @@ def select_batch(
     batch_size: int,
     **kwargs: Any,
 ) -> SelectionResult:
-    """Run one of ``'maxdiag'`` (on the pool kernel diagonal), ``'maxdet'``, ``'maxdist'`` or ``'lcmd'``."""
+    """Run one of ``'maxdiag'`` (on the pool kernel diagonal), ``'maxdet'``, ``'maxdist'``, ``'lcmd'``, ``'maxvol'``."""
     key = method.lower()
     if key == 'maxdiag':
         pool, _, batch_size = _prepare(pool_features, train_features, batch_size)
@@ -532,4 +532,10 @@ def select_batch(
         return max_dist(pool_features, train_features, batch_size, **kwargs)
     if key == 'lcmd':
         return lcmd(pool_features, train_features, batch_size, **kwargs)
-    raise ValueError(f"unknown selection method {method!r}; expected 'maxdiag', 'maxdet', 'maxdist' or 'lcmd'")
+    if key == 'maxvol':
+        from aiida_alkit.selection.dopt import max_vol
+
+        return max_vol(pool_features, train_features, batch_size, **kwargs)
+    raise ValueError(
+        f"unknown selection method {method!r}; expected 'maxdiag', 'maxdet', 'maxdist', 'lcmd' or 'maxvol'"
+    )

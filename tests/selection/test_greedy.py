@@ -23,8 +23,7 @@ def oracle(monkeypatch):
     """Return ``run(method, pool, train, batch, transforms=(), **config) -> indices`` backed by ``bmdal_reg``."""
     # bmdal_reg 3.0.2 uses ``np.Inf``, which numpy 2 removed.
     monkeypatch.setattr(np, 'Inf', np.inf, raising=False)
-    algorithms = pytest.importorskip('bmdal_reg.bmdal.algorithms')
-    from bmdal_reg.bmdal import selection
+    from bmdal_reg.bmdal import algorithms, selection
     from bmdal_reg.bmdal.feature_data import TensorFeatureData
     from bmdal_reg.bmdal.feature_maps import IdentityFeatureMap
     from bmdal_reg.bmdal.features import Features
@@ -272,3 +271,31 @@ def test_lazy_refresh_on_larger_pool_matches_bmdal(oracle, seed):
     ]
     for method, result, config in cases:
         np.testing.assert_array_equal(result.indices, oracle(method, pool, train, batch, **config), err_msg=method)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# oracle on real model features: sketched gradient features of a GM-NN for rattled and strained copper cells
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def model_features():
+    from ase.build import bulk
+
+    from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
+    from aiida_alkit.uncertainty.features import compute_features
+
+    model = GMNN(GMNNHyperparameters.small(['Cu'], dtype='float64', hidden_widths=(16, 16)))
+    structures = []
+    for seed in range(70):
+        atoms = bulk('Cu', 'fcc', a=3.5 + 0.004 * seed, cubic=True)
+        atoms.rattle(0.02 + 0.002 * seed, seed=seed)
+        structures.append(atoms)
+    features = compute_features(model, structures, kind='sketch', dim=32, seed=0, per_atom=False)
+    structure_features = torch.as_tensor(np.asarray(features.structure))
+    return structure_features[10:], structure_features[:10]
+
+
+@pytest.mark.parametrize('method', ['maxdist', 'lcmd', 'maxdet'])
+def test_oracle_on_model_features(oracle, model_features, method):
+    pool, train = model_features
+    ours = greedy.select_batch(method, pool, train, 12)
+    np.testing.assert_array_equal(ours.indices, oracle(method, pool, train, 12, sel_with_train=True))
