@@ -1,4 +1,4 @@
-"""Calcfunctions of a campaign round that move data without science: merge labels into the training set."""
+"""Calcfunctions of a campaign round: select candidates (science in ``selection``), merge labels into the training set."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from aiida.engine import calcfunction
 from aiida_alkit.data.dataset import DatasetData
 from aiida_alkit.io.arrays import ConfigurationArrays
 
-__all__ = ['TRAINING_INFO_KEYS', 'assign_validation', 'merge_datasets']
+__all__ = ['SELECT_PARAMETERS', 'TRAINING_INFO_KEYS', 'assign_validation', 'merge_datasets', 'select_candidates']
 
 #: Per-configuration metadata of a training set: 'split' ('train' or 'valid'), 'round' (the campaign round that
 #: added it, 0 for the initial data) and 'origin' (uuid of the StructureData that was labelled, '' if none).
@@ -79,3 +79,55 @@ def merge_datasets(
         return DatasetData(base, validate=False)
     new = _as_training_set(labelled.arrays, int(round_index.value), fraction, rng, keep=False)
     return DatasetData(ConfigurationArrays.concatenate([base, new]), validate=False)
+
+
+#: Parameters of :func:`select_candidates` (see :func:`aiida_alkit.selection.api.select`).
+SELECT_PARAMETERS = ('method', 'batch_size', 'posterior', 'sigma2', 'kpu_trained', 'c0', 'c1', 'lo', 'hi')
+
+
+@calcfunction
+def select_candidates(pool: DatasetData, scores: orm.ArrayData, parameters: orm.Dict, seed: orm.Int) -> dict:
+    """Select a batch from a candidate pool; one StructureData per pick, linked to the pool by this function.
+
+    :param pool: the candidates.
+    :param scores: per-candidate arrays: ``pool_features`` (N, d) and ``train_features`` (M, d) for feature methods,
+        ``kpu`` for ALKPU, ``max_force_deviation`` (eV/Å) for the committee trust window.
+    :param parameters: ``method``, ``batch_size`` and the options of :func:`aiida_alkit.selection.api.select`.
+    :returns: ``selection`` (ArrayData: ``indices`` in pick order, ``gains``, per-candidate ``scores`` and ``ranks``;
+        attributes ``method`` and the accurate/candidate/failed counts) and ``pick_NNNN`` StructureData whose
+        attributes ``alkit_pool_index``, ``alkit_rank`` and ``alkit_score`` make them queryable.
+    """
+    from aiida_alkit.selection.api import select
+
+    settings = parameters.get_dict()
+    unknown = sorted(set(settings) - set(SELECT_PARAMETERS))
+    if unknown:
+        raise ValueError(f'unknown selection parameters {unknown}; allowed: {list(SELECT_PARAMETERS)}')
+    names = scores.get_arraynames()
+    result = select(
+        settings.pop('method'),
+        int(settings.pop('batch_size')),
+        pool_features=scores.get_array('pool_features') if 'pool_features' in names else None,
+        train_features=scores.get_array('train_features') if 'train_features' in names else None,
+        scores={name: scores.get_array(name) for name in names if not name.endswith('_features')},
+        seed=int(seed.value),
+        n_pool=len(pool),
+        **settings,
+    )
+    selection = orm.ArrayData()
+    for name in ('indices', 'gains', 'scores', 'ranks'):
+        selection.set_array(name, np.asarray(getattr(result, name)))
+    selection.base.attributes.set('method', result.method)
+    for name in ('n_accurate', 'n_candidate', 'n_failed'):
+        selection.base.attributes.set(name, int(getattr(result, name)))
+    selection.base.attributes.set('n_selected', int(result.indices.size))
+    if result.status:
+        selection.base.attributes.set('status', result.status)
+    outputs: dict[str, orm.Data] = {'selection': selection}
+    for rank, index in enumerate(result.indices):
+        structure = orm.StructureData(ase=pool.get_atoms(int(index)))
+        structure.base.attributes.set('alkit_pool_index', int(index))
+        structure.base.attributes.set('alkit_rank', rank)
+        structure.base.attributes.set('alkit_score', float(result.scores[index]))
+        outputs[f'pick_{rank:04d}'] = structure
+    return outputs

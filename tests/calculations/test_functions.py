@@ -39,3 +39,51 @@ def test_merge(aiida_profile, copper_structures):
     )
     assert list(second.arrays.info['split'][:5]) == list(info['split'])
     assert list(second.arrays.info['round'][5:]) == [2, 2]
+
+
+def _pool_and_scores(n=12):
+    from ase.build import bulk
+
+    from aiida_alkit.data import DatasetData
+
+    rng = np.random.default_rng(0)
+    structures = []
+    for seed in range(n):
+        atoms = bulk('Cu', 'fcc', a=3.61, cubic=True)
+        atoms.rattle(0.05, seed=seed)
+        structures.append(atoms)
+    pool = DatasetData.from_atoms(structures).store()
+    scores = orm.ArrayData()
+    scores.set_array('pool_features', rng.normal(size=(n, 4)))
+    scores.set_array('train_features', rng.normal(size=(6, 4)))
+    scores.set_array('max_force_deviation', np.linspace(0.0, 0.3, n))
+    return pool, scores.store()
+
+
+def test_select_candidates_provenance_and_queries(aiida_profile):
+    from aiida_alkit.calculations.functions import select_candidates
+
+    pool, scores = _pool_and_scores()
+    parameters = orm.Dict({'method': 'lcmd', 'batch_size': 3})
+    outputs = select_candidates(pool, scores, parameters, orm.Int(5))
+    selection = outputs['selection']
+    picks = [outputs[f'pick_{k:04d}'] for k in range(3)]
+    assert list(selection.get_array('indices')) == [p.base.attributes.get('alkit_pool_index') for p in picks]
+    assert all(pick.creator.inputs.pool.uuid == pool.uuid for pick in picks)
+    query = orm.QueryBuilder().append(orm.StructureData, filters={'attributes.alkit_rank': 0})
+    assert picks[0].pk in [node.pk for node in query.all(flat=True)]
+    again = select_candidates(pool, scores, parameters, orm.Int(5))
+    assert list(again['selection'].get_array('indices')) == list(selection.get_array('indices'))
+
+
+def test_select_candidates_trust_window(aiida_profile):
+    from aiida_alkit.calculations.functions import select_candidates
+
+    pool, scores = _pool_and_scores()
+    parameters = orm.Dict({'method': 'trust', 'batch_size': 2, 'lo': 0.05, 'hi': 0.2})
+    selection = select_candidates(pool, scores, parameters, orm.Int(1))['selection']
+    attributes = selection.base.attributes.all
+    assert attributes['n_accurate'] + attributes['n_candidate'] + attributes['n_failed'] == 12
+    assert attributes['n_selected'] == 2
+    with pytest.raises(ValueError, match='unknown selection parameters'):
+        select_candidates(pool, scores, orm.Dict({'method': 'trust', 'batch_size': 2, 'upper': 1}), orm.Int(1))

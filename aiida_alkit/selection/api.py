@@ -1,0 +1,131 @@
+"""One entry point for every selection method, as the campaign's select step calls it (no AiiDA import).
+
+``select(method, ...)`` returns a :class:`Selection`: the picked pool indices in pick order, the per-step gains,
+one score and one rank per pool candidate (rank = position in the pick order, -1 if not picked) and the
+accurate / candidate / failed counts of DP-GEN's table (for greedy methods every finite candidate counts as a
+candidate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aiida_alkit.selection.greedy import paper_sigma2, posterior_transform, select_batch
+from aiida_alkit.selection.windows import alkpu_window, committee_trust_window, random_selection
+
+__all__ = ['FEATURE_METHODS', 'METHODS', 'Selection', 'select']
+
+FEATURE_METHODS = ('maxdet', 'maxdist', 'lcmd', 'maxdiag', 'maxvol')
+WINDOW_METHODS = ('alkpu', 'trust')
+METHODS = (*FEATURE_METHODS, *WINDOW_METHODS, 'random')
+
+
+@dataclass
+class Selection:
+    """Result of :func:`select` (see the module docstring)."""
+
+    method: str
+    indices: np.ndarray
+    gains: np.ndarray
+    scores: np.ndarray
+    ranks: np.ndarray
+    n_accurate: int
+    n_candidate: int
+    n_failed: int
+    status: str | None = None
+
+
+def _ranks(n: int, indices: np.ndarray) -> np.ndarray:
+    ranks = np.full(n, -1, dtype=np.int64)
+    ranks[indices] = np.arange(indices.size)
+    return ranks
+
+
+def select(
+    method: str,
+    batch_size: int,
+    *,
+    pool_features: np.ndarray | None = None,
+    train_features: np.ndarray | None = None,
+    scores: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+    posterior: bool = True,
+    sigma2: float | None = None,
+    kpu_trained: float | None = None,
+    c0: float = 1.25,
+    c1: float = 2.0,
+    lo: float | None = None,
+    hi: float | None = None,
+    n_pool: int | None = None,
+    **options: Any,
+) -> Selection:
+    """Select a batch from a candidate pool.
+
+    :param method: one of :data:`METHODS`.
+    :param batch_size: number of picks (the cap of window methods).
+    :param pool_features: (N, d) gradient features of the candidates (feature methods).
+    :param train_features: (M, d) features of the training set (feature methods).
+    :param scores: per-candidate arrays: ``kpu`` (alkpu), ``max_force_deviation`` in eV/Å (trust).
+    :param posterior: feature methods work on GP-posterior-transformed features (seed 001 eq. 21-23; σ² from
+        ``sigma2`` or the paper's data-dependent choice); the candidate score is then the posterior variance.
+    :raises ValueError: for an unknown method, missing inputs or a batch larger than the pool.
+    """
+    scores = scores or {}
+    method = method.lower()
+    if method not in METHODS:
+        raise ValueError(f'unknown selection method {method!r}; choose one of {METHODS}')
+    if method in FEATURE_METHODS:
+        if pool_features is None or train_features is None:
+            raise ValueError(f'method {method!r} needs pool_features and train_features')
+        pool = np.asarray(pool_features, dtype=np.float64)
+        train = np.asarray(train_features, dtype=np.float64)
+        if posterior and method != 'maxvol':
+            noise = paper_sigma2(train) if sigma2 is None else float(sigma2)
+            pool = np.asarray(posterior_transform(pool, train, noise))
+            result = select_batch(method, pool, None, batch_size, **options)
+        else:
+            result = select_batch(method, pool, train, batch_size, **options)
+        candidate_scores = np.einsum('ij,ij->i', pool, pool)
+        n = pool.shape[0]
+        return Selection(
+            method=method,
+            indices=result.indices,
+            gains=result.gains,
+            scores=candidate_scores,
+            ranks=_ranks(n, result.indices),
+            n_accurate=0,
+            n_candidate=n,
+            n_failed=0,
+            status=result.status,
+        )
+    if method == 'random':
+        n = n_pool if n_pool is not None else len(next(iter(scores.values()))) if scores else None
+        if n is None:
+            raise ValueError('method "random" needs n_pool (or any score array)')
+        window = random_selection(n, batch_size, seed=seed)
+        values = np.zeros(n)
+    elif method == 'alkpu':
+        if 'kpu' not in scores or kpu_trained is None:
+            raise ValueError('method "alkpu" needs scores["kpu"] and kpu_trained')
+        values = np.asarray(scores['kpu'], dtype=np.float64)
+        window = alkpu_window(values, kpu_trained, c0=c0, c1=c1, max_selected=batch_size, seed=seed)
+    else:
+        if 'max_force_deviation' not in scores:
+            raise ValueError('method "trust" needs scores["max_force_deviation"] (eV/Å)')
+        values = np.asarray(scores['max_force_deviation'], dtype=np.float64)
+        bounds = {key: value for key, value in (('lo', lo), ('hi', hi)) if value is not None}
+        window = committee_trust_window(values, max_selected=batch_size, seed=seed, **bounds)
+    indices = np.asarray(window.indices, dtype=np.int64)
+    return Selection(
+        method=method,
+        indices=indices,
+        gains=values[indices] if indices.size else np.zeros(0),
+        scores=values,
+        ranks=_ranks(values.size, indices),
+        n_accurate=window.n_accurate,
+        n_candidate=window.n_candidate,
+        n_failed=window.n_failed,
+    )

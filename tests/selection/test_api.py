@@ -1,0 +1,50 @@
+"""The selection entry point: every method family, ranks and counts, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aiida_alkit.selection.api import select
+
+
+@pytest.fixture
+def features():
+    rng = np.random.default_rng(3)
+    return rng.normal(size=(50, 6)), rng.normal(size=(20, 6))
+
+
+@pytest.mark.parametrize('method', ['maxdet', 'maxdist', 'lcmd', 'maxdiag'])
+def test_feature_methods(features, method):
+    pool, train = features
+    result = select(method, 5, pool_features=pool, train_features=train)
+    assert len(set(result.indices)) == 5
+    assert list(result.ranks[result.indices]) == [0, 1, 2, 3, 4]
+    assert (result.ranks == -1).sum() == 45
+    assert result.n_candidate == 50
+
+
+def test_trust_window_counts():
+    deviation = np.array([0.01, 0.1, 0.12, 0.5, np.nan, 0.06])
+    result = select('trust', 10, scores={'max_force_deviation': deviation}, lo=0.05, hi=0.15)
+    assert (result.n_accurate, result.n_candidate, result.n_failed) == (1, 3, 2)
+    assert sorted(result.indices) == [1, 2, 5]
+
+
+def test_alkpu_window():
+    result = select('alkpu', 1, scores={'kpu': np.array([1.0, 1.5, 1.9, 3.0])}, kpu_trained=1.0, seed=4)
+    assert result.n_candidate == 2
+    assert result.indices.size == 1
+    assert result.indices[0] in (1, 2)
+
+
+def test_errors(features):
+    pool, train = features
+    with pytest.raises(ValueError, match='unknown selection method'):
+        select('best', 2, pool_features=pool, train_features=train)
+    with pytest.raises(ValueError, match='needs pool_features'):
+        select('lcmd', 2)
+    with pytest.raises(ValueError, match='batch'):
+        select('maxdist', 60, pool_features=pool, train_features=train)
+    with pytest.raises(ValueError, match='kpu_trained'):
+        select('alkpu', 2, scores={'kpu': np.ones(3)})
