@@ -1,0 +1,189 @@
+"""Biased potential: bias forces/stress against finite differences, fast vs generic path, species weights, τ."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aiida_alkit.exploration.bias import (
+    AdaptiveStrength,
+    BiasedPotential,
+    CommitteeUncertainty,
+    ConstantStrength,
+    UncertaintyTerm,
+    UncertaintyValues,
+    committee_force_deviation,
+    relative_force_uncertainty,
+    softmax_max,
+)
+from aiida_alkit.exploration.dynamics import WalkerSystem
+
+
+def _u_and_e(potential: BiasedPotential, system: WalkerSystem) -> tuple[np.ndarray, np.ndarray]:
+    result = potential.evaluate(system, forces=False, update_strength=False)
+    return result.uncertainty, result.energy
+
+
+def test_bias_forces_are_minus_finite_differences_of_minus_tau_u(tiny_committee, copper_cells):
+    """F^bias = -∇(-τ u) = τ ∇u (seeds/002 eq. 9-11, seeds/003 eq. 6), and F = -∇E, by central differences."""
+    tau = 0.7
+    potential = BiasedPotential(tiny_committee, CommitteeUncertainty(), strength=tau)
+    system = WalkerSystem.from_atoms(copper_cells)
+    result = potential.evaluate(system)
+    assert isinstance(potential.term, UncertaintyTerm)
+    assert np.all(result.uncertainty > 1e-3)  # untrained members disagree
+    np.testing.assert_allclose(result.energy_bias, result.energy - tau * result.uncertainty)
+    h = 1e-5
+    for atom in (0, 3, 5, 11):
+        for axis in range(3):
+            plus, minus = system.copy(), system.copy()
+            plus.positions[atom, axis] += h
+            minus.positions[atom, axis] -= h
+            (u_plus, e_plus), (u_minus, e_minus) = _u_and_e(potential, plus), _u_and_e(potential, minus)
+            walker = system.structure_index[atom]
+            du = (u_plus[walker] - u_minus[walker]) / (2 * h)
+            de = (e_plus[walker] - e_minus[walker]) / (2 * h)
+            assert result.bias_forces[atom, axis] == pytest.approx(tau * du, rel=1e-5, abs=1e-8)
+            assert result.forces[atom, axis] == pytest.approx(-de, rel=1e-5, abs=1e-8)
+
+
+def _strained(system: WalkerSystem, row: int, a: int, b: int, h: float) -> WalkerSystem:
+    out = system.copy()
+    strain = np.eye(3)
+    strain[a, b] += h
+    if a != b:
+        strain[b, a] += h
+    part = out.atoms_slice(row)
+    out.positions[part] = out.positions[part] @ strain
+    out.cells[row] = out.cells[row] @ strain
+    return out
+
+
+def test_bias_stress_is_the_strain_derivative_of_u(tiny_committee, copper_cells):
+    """σ^bias = -(τ_s/V) ∂u/∂ε (seeds/003 eq. 7) and σ = (1/V) ∂E/∂ε, by central differences of a symmetric strain."""
+    tau_s = 0.3
+    potential = BiasedPotential(tiny_committee, CommitteeUncertainty(), strength=0.0, stress_strength=tau_s)
+    potential.compute_stress = True
+    system = WalkerSystem.from_atoms(copper_cells)
+    result = potential.evaluate(system)
+    volumes = system.volumes()
+    h = 1e-5
+    for row in range(system.n_structures):
+        for a, b in ((0, 0), (1, 1), (0, 1), (1, 2)):
+            (u_p, e_p), (u_m, e_m) = (
+                _u_and_e(potential, _strained(system, row, a, b, h)),
+                _u_and_e(potential, _strained(system, row, a, b, -h)),
+            )
+            factor = 1.0 if a == b else 0.5  # ε_ab = ε_ba = h moves both symmetric components
+            du = factor * (u_p[row] - u_m[row]) / (2 * h)
+            de = factor * (e_p[row] - e_m[row]) / (2 * h)
+            assert result.bias_stress[row, a, b] == pytest.approx(-tau_s * du / volumes[row], rel=1e-5, abs=1e-9)
+            assert result.stress[row, a, b] == pytest.approx(de / volumes[row], rel=1e-5, abs=1e-9)
+    # the physical stress agrees with the model's own stress (ASE sign)
+    batch = tiny_committee.make_batch(copper_cells)
+    reference = tiny_committee.predict(batch, compute_forces=True, compute_stress=True)['stress'].numpy()
+    np.testing.assert_allclose(result.stress, reference, rtol=1e-8, atol=1e-12)
+
+
+class _GenericCommittee(CommitteeUncertainty):
+    """The committee σ evaluated on the full model graph (second backward pass)."""
+
+    energy_level = False
+
+
+def test_generic_path_equals_single_backward_fast_path(tiny_committee, copper_cells):
+    """The chain rule through member energies (one backward) equals autograd of u on the model graph."""
+    system = WalkerSystem.from_atoms(copper_cells)
+    fast = BiasedPotential(tiny_committee, CommitteeUncertainty(), 0.4, 0.2, compute_stress=True).evaluate(system)
+    slow = BiasedPotential(tiny_committee, _GenericCommittee(), 0.4, 0.2, compute_stress=True).evaluate(system)
+    for name in ('energy', 'energy_bias', 'uncertainty', 'forces', 'bias_forces', 'stress', 'bias_stress'):
+        np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), rtol=1e-9, atol=1e-12, err_msg=name)
+    # member forces (fast path only) give the committee force deviation
+    assert fast.member_forces.shape == (3, len(system.positions), 3)
+    np.testing.assert_allclose(fast.atom_uncertainty, committee_force_deviation(fast.member_forces))
+
+
+def test_species_strength_weights_the_bias_force_per_element(copper_cells):
+    """w_Z multiplies the bias force on the atoms of element Z (w = 0: no bias force, e.g. hydrogen in seeds/003)."""
+    from aiida_alkit.models.committee import Committee
+    from aiida_alkit.models.gmnn import GMNNHyperparameters
+
+    committee = Committee(GMNNHyperparameters.small(['Cu', 'Au'], dtype='float64', hidden_widths=(8, 8)), n_members=2)
+    atoms = copper_cells[1].copy()
+    atoms.numbers[[1, 4]] = 79
+    system = WalkerSystem.from_atoms([atoms])
+    plain = BiasedPotential(committee, CommitteeUncertainty(), strength=0.5).evaluate(system)
+    weighted = BiasedPotential(committee, CommitteeUncertainty(), strength=0.5, species_strength={'Au': 0.0})
+    result = weighted.evaluate(system)
+    gold = atoms.numbers == 79
+    assert np.all(result.bias_forces[gold] == 0.0)
+    np.testing.assert_array_equal(result.bias_forces[~gold], plain.bias_forces[~gold])
+    np.testing.assert_array_equal(result.forces, plain.forces)
+    np.testing.assert_array_equal(result.energy_bias, plain.energy_bias)  # E - τu itself is not weighted
+    with pytest.raises(ValueError, match='does not know'):
+        BiasedPotential(committee, CommitteeUncertainty(), species_strength={'H': 0.0})
+
+
+def test_tau_zero_gives_exactly_the_unbiased_forces(tiny_committee, copper_cells):
+    system = WalkerSystem.from_atoms(copper_cells)
+    plain = BiasedPotential(tiny_committee).evaluate(system)
+    zero = BiasedPotential(tiny_committee, CommitteeUncertainty(), strength=0.0).evaluate(system)
+    np.testing.assert_array_equal(plain.total_forces(), zero.total_forces())
+    np.testing.assert_array_equal(plain.energy_bias, zero.energy_bias)
+    assert np.isnan(plain.uncertainty).all() and np.all(zero.uncertainty > 0)
+
+
+def test_adaptive_strength_reaches_the_target_ratio_on_a_steady_signal():
+    """τ = τ_r Σ||F|| / Σ||F^u|| over the last 100 steps (seeds/002 eq. 12): τ <||F^u||> / <||F||> -> τ_r."""
+    rng = np.random.default_rng(0)
+    strength = AdaptiveStrength(relative=0.2, window=100)
+    walkers = np.array([0, 1])
+    for _ in range(400):
+        physical = np.array([10.0, 3.0]) * (1 + 0.1 * rng.standard_normal(2))
+        bias = np.array([2.0, 0.05]) * (1 + 0.1 * rng.standard_normal(2))
+        tau = strength(walkers, physical, bias)
+    # the steady state: τ ≈ τ_r · 10/2 and τ_r · 3/0.05
+    assert tau[0] == pytest.approx(0.2 * 5.0, rel=0.03)
+    assert tau[1] == pytest.approx(0.2 * 60.0, rel=0.03)
+    # exact window arithmetic: after a step change only the last 100 values count
+    for _ in range(100):
+        tau = strength(walkers, np.array([4.0, 4.0]), np.array([1.0, 8.0]))
+    np.testing.assert_allclose(tau, [0.2 * 4.0, 0.2 * 0.5])
+    np.testing.assert_allclose(strength.current(walkers), tau)
+    np.testing.assert_allclose(strength(walkers, np.ones(2), np.ones(2), update=False), tau)  # no update
+    assert strength.current(np.array([7]))[0] == 0.0  # unknown walker
+    burn = AdaptiveStrength(relative=0.1, burn_in=3)
+    taus = [burn(np.array([0]), np.array([1.0]), np.array([1.0]))[0] for _ in range(5)]
+    assert taus == [0.0, 0.0, 0.0, 0.1, 0.1]
+    assert ConstantStrength(0.3)(walkers, np.ones(2), np.ones(2)).tolist() == [0.3, 0.3]
+
+
+def test_adaptive_strength_in_biased_md_keeps_the_relative_bias(tiny_committee, copper_cells):
+    """In MD the applied bias-force norm over the last 100 steps is τ_r times the physical force norm."""
+    from aiida_alkit.exploration.dynamics import BatchedMD
+
+    potential = BiasedPotential(tiny_committee, CommitteeUncertainty(), strength=AdaptiveStrength(0.2))
+    run = BatchedMD(potential, copper_cells, timestep=1.0, temperature=300.0, n_steps=120, seed=3).run()
+    log = run.log
+    for walker in (0, 1):
+        rows = np.flatnonzero(log['walker'] == walker)[-100:]
+        ratio = log['bias_force_norm'][rows].sum() / log['force_norm'][rows].sum()
+        assert ratio == pytest.approx(0.2, rel=0.1)
+
+
+def test_committee_helpers_match_their_definitions():
+    rng = np.random.default_rng(1)
+    members = rng.standard_normal((4, 5, 3))
+    mean = members.mean(axis=0)
+    expected = np.sqrt(np.mean([np.sum((m - mean) ** 2, axis=1) for m in members], axis=0))
+    np.testing.assert_allclose(committee_force_deviation(members), expected)
+    spread = np.mean([np.linalg.norm(m - mean, axis=1) for m in members], axis=0)
+    np.testing.assert_allclose(relative_force_uncertainty(members, 0.2), spread / (np.linalg.norm(mean, axis=1) + 0.2))
+    f = np.array([0.0, 1.0, 2.0, 5.0, 0.0])
+    index = np.array([0, 0, 0, 1, 1])
+    np.testing.assert_allclose(softmax_max(f, index, 2), [np.e**2 / (1 + np.e + np.e**2), np.e**5 / (np.e**5 + 1)])
+    values = CommitteeUncertainty(noise_variance=0.25)(
+        {'member_energies': __import__('torch').tensor([[1.0], [3.0]])}, None, None, None
+    )
+    assert isinstance(values, UncertaintyValues)
+    assert float(values.structure[0]) == pytest.approx(np.sqrt(1.0 + 0.25))  # eq. 5 with 1/λ = 0.25 eV²
