@@ -13,7 +13,7 @@ from aiida.engine import CalcJob
 from aiida_alkit.data.dataset import DatasetData
 from aiida_alkit.data.potential import PotentialData
 from aiida_alkit.jobs.common import PARAMETERS_FILE, RESULTS_FILE
-from aiida_alkit.jobs.train import CHECKPOINT_FILE, DATASET_FILE, INITIAL_FILE, METRICS_FILE, POTENTIAL_FILE
+from aiida_alkit.jobs.train import CHECKPOINT_FILE, DATASET_FILE, INITIAL_FILE, METRICS_FILE, POTENTIAL_FILE, TEST_FILE
 
 __all__ = ['TrainCalculation', 'validate_train_parameters']
 
@@ -99,6 +99,9 @@ class TrainCalculation(CalcJob):
             help='Continue training from this potential (warm start or restart).',
         )
         spec.input(
+            'test_dataset', valid_type=DatasetData, required=False, help='Labelled test set, evaluated at the end.'
+        )
+        spec.input(
             'parent_folder',
             valid_type=orm.RemoteData,
             required=False,
@@ -132,6 +135,8 @@ class TrainCalculation(CalcJob):
         calcinfo.local_copy_list = [(self.inputs.dataset.uuid, DatasetData.FILENAME, DATASET_FILE)]
         if 'initial_potential' in self.inputs:
             calcinfo.local_copy_list.append((self.inputs.initial_potential.uuid, PotentialData.FILENAME, INITIAL_FILE))
+        if 'test_dataset' in self.inputs:
+            calcinfo.local_copy_list.append((self.inputs.test_dataset.uuid, DatasetData.FILENAME, TEST_FILE))
         if 'parent_folder' in self.inputs:
             parent = self.inputs.parent_folder
             source = os.path.join(parent.get_remote_path(), CHECKPOINT_FILE)

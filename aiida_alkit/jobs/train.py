@@ -1,7 +1,8 @@
 """Train a GM-NN potential (or committee): ``python -m aiida_alkit.jobs.train <folder>``.
 
 Reads ``dataset.npz`` (a :class:`~aiida_alkit.io.arrays.ConfigurationArrays`; configurations whose ``info.split``
-is ``'valid'`` form the validation set), optionally ``initial.pt`` (a potential to continue from) and
+is ``'valid'`` form the validation set), optionally ``initial.pt`` (a potential to continue from), ``test.npz`` (a
+labelled test set, evaluated at the end) and
 ``parameters.json``::
 
     {"model": {...GMNNHyperparameters fields...},   # species default: those of the dataset
@@ -35,6 +36,7 @@ __all__ = ['CHECKPOINT_FILE', 'DATASET_FILE', 'INITIAL_FILE', 'METRICS_FILE', 'P
 DATASET_FILE = 'dataset.npz'
 INITIAL_FILE = 'initial.pt'
 POTENTIAL_FILE = 'potential.pt'
+TEST_FILE = 'test.npz'
 #: Written after every Adam epoch of a single model (weights + ``epochs_done``); a job restarted with this file as
 #: its ``initial.pt`` continues with the remaining epochs (see ``TrainWorkChain``'s walltime handler).
 CHECKPOINT_FILE = 'checkpoint.pt'
@@ -170,7 +172,9 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     except TrainingDivergedError as exc:
         return {'status': 'diverged', 'error_message': str(exc), 'epoch': exc.epoch}
     model.save(folder / POTENTIAL_FILE, extras=extras)
-    return _finish(folder, history, {'train': _errors(model, train), 'valid': _errors(model, valid)}, extras)
+    test = ConfigurationArrays.load(folder / TEST_FILE) if (folder / TEST_FILE).is_file() else None
+    errors = {'train': _errors(model, train), 'valid': _errors(model, valid), 'test': _errors(model, test)}
+    return _finish(folder, history, errors, extras)
 
 
 def _finish(folder: pathlib.Path, history: Any, errors: dict[str, Any], extras: dict[str, Any] | None = None):

@@ -22,7 +22,7 @@ _UNITS = {'energy': 'ev_per_atom', 'forces': 'ev_per_ang', 'stress': 'ev_per_ang
 def flat_metrics(errors: dict) -> dict[str, float]:
     """``{'valid': {'forces_rmse': x}}`` → ``{'valid_forces_rmse_ev_per_ang': x}`` (units in the names)."""
     flat = {}
-    for split in ('train', 'valid'):
+    for split in ('train', 'valid', 'test'):
         for key, value in (errors.get(split) or {}).items():
             if value is None:
                 continue

@@ -87,11 +87,12 @@ def name_ase_failures(packed: DatasetData, failures: orm.Dict) -> orm.Dict:
     return orm.Dict({str(picks[r['index']]): r['reason'] for r in failures['failures']})
 
 
-def _validate_inputs(inputs: dict, _) -> str | None:
+def _validate_inputs(inputs: dict, ctx) -> str | None:
     engine = inputs['engine'].value
     if engine not in ENGINES:
         return f'engine must be one of {ENGINES}, got {engine!r}'
-    if not inputs.get('structures'):
+    exposed_without_structures = ctx is not None and 'structures' not in ctx  # e.g. the campaign's label namespace
+    if not exposed_without_structures and not inputs.get('structures'):
         return 'no structures to label'
     if engine == 'pw' and 'code' not in inputs.get('pw', {}):
         return 'engine "pw" needs pw.code (a quantumespresso.pw code)'

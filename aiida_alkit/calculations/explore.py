@@ -1,0 +1,112 @@
+"""`alkit.explore`: (biased) molecular dynamics with a trained potential → candidate pool + selection scores."""
+
+from __future__ import annotations
+
+import json
+
+from aiida import orm
+from aiida.common.datastructures import CalcInfo, CodeInfo
+from aiida.engine import CalcJob
+
+from aiida_alkit.data.dataset import DatasetData
+from aiida_alkit.data.potential import PotentialData
+from aiida_alkit.jobs.common import PARAMETERS_FILE, RESULTS_FILE
+from aiida_alkit.jobs.explore import POOL_FILE, POTENTIAL_FILE, SCORES_FILE, SEEDS_FILE, STOPS_FILE, TRAINING_FILE
+
+__all__ = ['EXPLORE_PARAMETERS', 'ExploreCalculation', 'validate_explore_parameters']
+
+EXPLORE_PARAMETERS = {
+    'walkers', 'steps', 'timestep_fs', 'temperature_K', 'friction_per_fs', 'pressure_GPa', 'sample_every', 'seed',
+    'bias', 'stop', 'features', 'kpu', 'device', 'num_threads',
+}  # fmt: skip
+
+
+def validate_explore_parameters(parameters: dict) -> str | None:
+    """Message naming the first problem of the explore job's parameters, or None."""
+    unknown = sorted(set(parameters) - EXPLORE_PARAMETERS)
+    if unknown:
+        return f'unknown explore parameters {unknown}; allowed: {sorted(EXPLORE_PARAMETERS)}'
+    for key, low in (('walkers', 1), ('steps', 1), ('sample_every', 1)):
+        value = parameters.get(key, low)
+        if not isinstance(value, int) or value < low:
+            return f'{key} must be an integer >= {low}, got {value!r}'
+    for key in ('timestep_fs', 'temperature_K', 'friction_per_fs'):
+        value = parameters.get(key, 1.0)
+        if not isinstance(value, (int, float)) or value <= 0:
+            return f'{key} must be a positive number, got {value!r}'
+    if (parameters.get('timestep_fs') or 0) > 10:
+        return f'timestep_fs={parameters["timestep_fs"]} is far too large for atomistic MD (use <= 10 fs)'
+    kind = (parameters.get('bias') or {}).get('kind', 'none')
+    if kind not in ('none', 'committee'):
+        return f'bias.kind must be "none" or "committee", got {kind!r}'
+    return None
+
+
+def _validate_parameters(value: orm.Dict, _) -> str | None:
+    return validate_explore_parameters(value.get_dict())
+
+
+def _validate_inputs(inputs: dict, _) -> str | None:
+    potential = inputs['potential']
+    unknown = sorted(set(inputs['seeds'].species) - set(potential.species))
+    if unknown:
+        return f'seed structures contain {unknown}, which potential {potential.pk} does not know ({potential.species})'
+    bias = (inputs['parameters'].get_dict().get('bias') or {}).get('kind', 'none')
+    if bias == 'committee' and potential.model_kind != 'gmnn-committee':
+        return 'bias.kind "committee" needs a committee potential'
+    return None
+
+
+class ExploreCalculation(CalcJob):
+    """Run ``python -m aiida_alkit.jobs.explore``: walkers of (biased) MD, a candidate pool and its scores."""
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input('potential', valid_type=PotentialData, help='The potential (GM-NN or committee) driving the MD.')
+        spec.input('seeds', valid_type=DatasetData, help='Starting structures of the walkers (cycled, shuffled).')
+        spec.input(
+            'training', valid_type=DatasetData, required=False, help='Training set: features and minimum distance.'
+        )
+        spec.input(
+            'parameters',
+            valid_type=orm.Dict,
+            default=lambda: orm.Dict({}),
+            validator=_validate_parameters,
+            help='walkers, steps, timestep_fs, temperature_K, pressure_GPa, bias, stop, features (jobs/explore.py).',
+        )
+        spec.inputs.validator = _validate_inputs
+        options = spec.inputs['metadata']['options']
+        options['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
+        options['withmpi'].default = False
+        options['parser_name'].default = 'alkit.explore'
+        options['output_filename'].default = 'job.out'
+
+        spec.output('pool', valid_type=DatasetData, help='The candidate configurations with their MD metadata.')
+        spec.output('scores', valid_type=orm.ArrayData, help='Per-candidate features / deviations / KPU.')
+        spec.output('stops', valid_type=orm.Dict, help='Why and at which step each walker stopped.')
+        spec.exit_code(300, 'ERROR_NO_RESULTS_FILE', message='The job wrote no results file: it crashed or was killed.')
+        spec.exit_code(301, 'ERROR_INVALID_RESULTS_FILE', message='The results file could not be read: {error}')
+        spec.exit_code(302, 'ERROR_POOL_MISSING', message='The job finished but wrote no candidate pool.')
+        spec.exit_code(400, 'ERROR_JOB_FAILED', message='The explore job failed: {error}')
+        spec.exit_code(410, 'ERROR_EMPTY_POOL', message='No candidate was recorded: every walker stopped at once.')
+
+    def prepare_for_submission(self, folder):
+        with folder.open(PARAMETERS_FILE, 'w') as handle:
+            json.dump(self.inputs.parameters.get_dict(), handle, indent=1)
+        codeinfo = CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.cmdline_params = ['-m', 'aiida_alkit.jobs.explore', '.']
+        codeinfo.stdout_name = self.metadata.options.output_filename
+        codeinfo.join_files = True
+        calcinfo = CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        calcinfo.local_copy_list = [
+            (self.inputs.potential.uuid, PotentialData.FILENAME, POTENTIAL_FILE),
+            (self.inputs.seeds.uuid, DatasetData.FILENAME, SEEDS_FILE),
+        ]
+        if 'training' in self.inputs:
+            calcinfo.local_copy_list.append((self.inputs.training.uuid, DatasetData.FILENAME, TRAINING_FILE))
+        calcinfo.retrieve_list = [RESULTS_FILE, STOPS_FILE, self.metadata.options.output_filename]
+        calcinfo.retrieve_temporary_list = [POOL_FILE, SCORES_FILE]
+        return calcinfo

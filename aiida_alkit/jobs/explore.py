@@ -1,0 +1,198 @@
+"""Explore with (biased) MD driven by a trained potential: ``python -m aiida_alkit.jobs.explore <folder>``.
+
+Reads ``potential.pt`` (a GM-NN or a committee), ``seeds.npz`` (starting structures), optionally ``training.npz``
+(the training set: gradient features for selection, the minimum interatomic distance for the unphysical-frame
+check) and ``parameters.json``::
+
+    {"walkers": 4, "steps": 200, "timestep_fs": 2.0, "temperature_K": 300.0, "friction_per_fs": 0.01,
+     "pressure_GPa": null,                       # a number: NPT with a Berendsen barostat
+     "sample_every": 10, "seed": 0,
+     "bias": {"kind": "none" | "committee", "tau": 0.0, "relative_tau": null, "stress_tau": 0.0,
+              "species_strength": {}},
+     "stop": {"max_force": 20.0, "min_distance_fraction": 0.75, "uncertainty": null},   # eV/Å
+     "features": {"kind": "sketch", "dim": 512},  # null: no gradient features
+     "kpu": {"fraction": 0.5},                    # when the potential carries RLEKF P blocks
+     "device": "auto", "num_threads": null}
+
+Writes ``pool.npz`` (the candidates: frames every ``sample_every`` steps plus each walker's stop frame, with walker,
+step, temperature, pressure, volume, model energy and uncertainties in ``info``), ``scores.npz`` (per-candidate
+arrays for the select step: ``pool_features``/``train_features`` (gradient features), ``max_force_deviation``
+(committee, eV/Å), ``kpu`` (RLEKF)), ``stops.json`` (why and when each walker stopped) and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from aiida_alkit.io.arrays import ConfigurationArrays
+from aiida_alkit.jobs.common import progress, run_job
+
+__all__ = ['POOL_FILE', 'POTENTIAL_FILE', 'SCORES_FILE', 'SEEDS_FILE', 'STOPS_FILE', 'TRAINING_FILE', 'main']
+
+POTENTIAL_FILE = 'potential.pt'
+SEEDS_FILE = 'seeds.npz'
+TRAINING_FILE = 'training.npz'
+POOL_FILE = 'pool.npz'
+SCORES_FILE = 'scores.npz'
+STOPS_FILE = 'stops.json'
+
+
+def load_model(path: pathlib.Path, device: str):
+    """A GM-NN or a committee from a potential file (by its ``model_kind``)."""
+    from aiida_alkit.models.serialization import load_potential_file
+
+    kind = load_potential_file(path).hyperparameters['model_kind']
+    if kind == 'gmnn-committee':
+        from aiida_alkit.models.committee import Committee
+
+        return Committee.load(path, device=device)
+    from aiida_alkit.models.gmnn import GMNN
+
+    return GMNN.load(path, device=device)
+
+
+def _training_min_distance(train: ConfigurationArrays | None, cutoff: float = 4.0) -> float | None:
+    if train is None:
+        return None
+    from aiida_alkit.io.geometry import min_interatomic_distances
+
+    distances = min_interatomic_distances(train.positions, train.cells, train.pbc, train.offsets, cutoff)
+    finite = distances[np.isfinite(distances)]
+    return float(finite.min()) if finite.size else None
+
+
+def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from aiida_alkit.exploration.bias import AdaptiveStrength, BiasedPotential, CommitteeUncertainty
+    from aiida_alkit.exploration.dynamics import BatchedMD, BerendsenBarostat, PhysicalLimits, UncertaintyThreshold
+    from aiida_alkit.exploration.pool import CandidatePool
+    from aiida_alkit.jobs.train import _device
+
+    if parameters.get('num_threads'):
+        torch.set_num_threads(int(parameters['num_threads']))
+    device = _device(parameters.get('device', 'auto'))
+    model = load_model(folder / POTENTIAL_FILE, device)
+    members = list(getattr(model, 'members', [model]))
+    seeds = ConfigurationArrays.load(folder / SEEDS_FILE)
+    train = ConfigurationArrays.load(folder / TRAINING_FILE) if (folder / TRAINING_FILE).is_file() else None
+    rng = np.random.default_rng(int(parameters.get('seed', 0)))
+    n_walkers = int(parameters.get('walkers', 4))
+    starts = [seeds.get_atoms(int(i)) for i in rng.permutation(np.resize(np.arange(len(seeds)), n_walkers))]
+    for atoms in starts:
+        atoms.calc = None
+
+    bias = dict(parameters.get('bias') or {})
+    kind = bias.get('kind', 'none')
+    term = None
+    if kind == 'committee':
+        if len(members) < 2:
+            raise ValueError('bias kind "committee" needs a committee potential (committee_size > 1)')
+        term = CommitteeUncertainty()
+    elif kind != 'none':
+        raise ValueError(f'unknown bias kind {kind!r}: use "none" or "committee"')
+    strength: Any = AdaptiveStrength(bias['relative_tau']) if bias.get('relative_tau') else bias.get('tau', 0.0)
+    pressure = parameters.get('pressure_GPa')
+    potential = BiasedPotential(
+        model if len(members) > 1 else members[0],
+        term=term,
+        strength=strength if term is not None else 0.0,
+        stress_strength=bias.get('stress_tau', 0.0) if term is not None else 0.0,
+        species_strength=bias.get('species_strength') or None,
+        compute_stress=pressure is not None,
+    )
+    stop = dict(parameters.get('stop') or {})
+    criteria = []
+    if stop.get('uncertainty') is not None and len(members) > 1:
+        criteria.append(UncertaintyThreshold(float(stop['uncertainty'])))
+    physical = PhysicalLimits(
+        max_force=float(stop.get('max_force', 20.0)),
+        training_min_distance=_training_min_distance(train),
+        min_distance_fraction=float(stop.get('min_distance_fraction', 0.75)),
+    )
+    pool = CandidatePool(interval=int(parameters.get('sample_every', 10)))
+    progress(
+        f'exploring with {n_walkers} walkers for up to {parameters.get("steps", 200)} steps at '
+        f'{parameters.get("temperature_K", 300.0)} K'
+        + (f', {pressure} GPa' if pressure is not None else '')
+        + f', bias {kind}'
+    )
+    md = BatchedMD(
+        potential,
+        starts,
+        timestep=float(parameters.get('timestep_fs', 2.0)),
+        temperature=float(parameters.get('temperature_K', 300.0)),
+        friction=float(parameters.get('friction_per_fs', 0.01)),
+        n_steps=int(parameters.get('steps', 200)),
+        criteria=criteria,
+        physical=physical,
+        barostat=BerendsenBarostat() if pressure is not None else None,
+        pressure=pressure,
+        pool=pool,
+        seed=int(parameters.get('seed', 0)),
+    )
+    result = md.run()
+    stops = {
+        str(w): {'reason': r, 'step': result.stop_steps.get(w, -1)} for w, r in sorted(result.stop_reasons.items())
+    }
+    (folder / STOPS_FILE).write_text(json.dumps(stops, indent=1))
+    if not len(pool):
+        return {'status': 'empty', 'error_message': 'no candidate frame was recorded', 'stops': stops}
+    arrays = pool.to_arrays()
+    arrays.save(folder / POOL_FILE)
+    scores = _scores(model, members, arrays, train, parameters, folder)
+    np.savez(folder / SCORES_FILE, **scores)
+    reasons: dict[str, int] = {}
+    for value in result.stop_reasons.values():
+        reasons[value] = reasons.get(value, 0) + 1
+    progress(f'{len(arrays)} candidates; walker stops: {reasons}')
+    return {'status': 'ok', 'n_candidates': len(arrays), 'n_steps': int(result.n_steps), 'stop_counts': reasons}
+
+
+def _scores(model, members, arrays, train, parameters, folder) -> dict[str, np.ndarray]:
+    """Per-candidate arrays for selection: gradient features, committee force deviation, KPU."""
+    from aiida_alkit.models.batching import batch_from_configurations
+
+    scores: dict[str, np.ndarray] = {}
+    first = members[0]
+    features = parameters.get('features', {'kind': 'sketch', 'dim': 512})
+    if features:
+        from aiida_alkit.uncertainty.features import compute_features
+
+        settings = {'kind': features.get('kind', 'sketch'), 'dim': int(features.get('dim', 512)), 'seed': 0}
+        scores['pool_features'] = np.asarray(compute_features(first, arrays, per_atom=False, **settings).structure)
+        if train is not None:
+            scores['train_features'] = np.asarray(compute_features(first, train, per_atom=False, **settings).structure)
+    if len(members) > 1:
+        deviation = []
+        for start in range(0, len(arrays), 32):
+            indices = np.arange(start, min(start + 32, len(arrays)))
+            batch = batch_from_configurations(arrays, first.species, first.cutoff, indices, first.device, first.dtype)
+            deviation.append(np.asarray(model.predict(batch)['max_force_deviation'].detach().cpu(), dtype=np.float64))
+        scores['max_force_deviation'] = np.concatenate(deviation)
+    from aiida_alkit.models.serialization import load_potential_file
+
+    extras = load_potential_file(folder / POTENTIAL_FILE).extras
+    if 'rlekf' in extras and len(members) == 1:
+        from aiida_alkit.models.rlekf import kalman_prediction_uncertainty
+
+        fraction = float((parameters.get('kpu') or {}).get('fraction', 0.5))
+        values = []
+        for start in range(0, len(arrays), 16):
+            indices = np.arange(start, min(start + 16, len(arrays)))
+            batch = batch_from_configurations(arrays, first.species, first.cutoff, indices, first.device, first.dtype)
+            values.append(kalman_prediction_uncertainty(first, extras['rlekf'], batch, fraction=fraction, seed=start))
+        scores['kpu'] = np.concatenate(values)
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(_main, argv)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""End-to-end campaigns with real training, MD and EMT labels (pytest -m campaign runs exactly these)."""
+
+from __future__ import annotations
+
+import pytest
+from aiida import orm
+from aiida.engine import run_get_node
+from aiida.plugins import WorkflowFactory
+from ase.build import bulk
+
+from aiida_alkit.data import DatasetData
+
+from ..conftest import label_with_emt
+
+ActiveLearningWorkChain = WorkflowFactory('alkit.active_learning')
+
+TINY_OVERRIDES = {
+    'max_rounds': 2,
+    'train': {
+        'parameters': {
+            'model': {'cutoff': 4.0, 'n_basis': 4, 'n_radial': 2, 'hidden_widths': [8, 8]},
+            'training': {'epochs': 4, 'batch_size': 4},
+            'num_threads': 1,
+            'device': 'cpu',
+        }
+    },
+    'explore': {'parameters': {'walkers': 2, 'steps': 10, 'sample_every': 5, 'num_threads': 1, 'device': 'cpu'}},
+    'select': {'parameters': {'batch_size': 2}},
+    'schedule': {'temperatures': [300, 600]},
+}
+
+
+def _copper(n: int, labelled: bool) -> DatasetData:
+    structures = []
+    for seed in range(n):
+        atoms = bulk('Cu', 'fcc', a=3.61, cubic=True)
+        atoms.rattle(0.05, seed=seed)
+        structures.append(label_with_emt(atoms) if labelled else atoms)
+    return DatasetData.from_atoms(structures).store()
+
+
+def _emt(code) -> dict:
+    return {'engine': 'ase', 'ase': {'code': code, 'calculator': 'ase.calculators.emt.EMT'}}
+
+
+@pytest.mark.campaign
+@pytest.mark.parametrize('strategy', ['gradient', 'dpgen'])
+def test_two_round_campaign(alkit_python_code, strategy):
+    builder = ActiveLearningWorkChain.get_builder_from_protocol(
+        alkit_python_code,
+        _copper(6, labelled=False),
+        protocol='fast',
+        strategy=strategy,
+        overrides=TINY_OVERRIDES,
+        label=_emt(alkit_python_code),
+    )
+    if strategy == 'dpgen':
+        builder.train.parameters = orm.Dict({**builder.train.parameters.get_dict(), 'committee_size': 2})
+        builder.select.parameters = orm.Dict({**builder.select.parameters.get_dict(), 'lo': 0.0, 'hi': 100.0})
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    rounds = results['report']['rounds']
+    assert [entry['round'] for entry in rounds] == [1, 2]
+    assert rounds[0]['temperature_K'] == 300 and rounds[1]['temperature_K'] == 600
+    assert all(entry['explored'] > 0 for entry in rounds)
+    assert all(entry['selected'] == 2 and entry['labelled'] == 2 for entry in rounds)
+    dataset = results['dataset']
+    assert len(dataset) == 6 + 2 + 2
+    assert sorted(set(dataset.arrays.info['round'])) == [0, 1, 2]
+    # provenance: the final potential was trained (round 2) on the set holding the labels selected in round 1
+    trained_on = results['potential'].creator.inputs.dataset
+    assert len(trained_on) == 6 + 2
+    assert 1 in set(trained_on.arrays.info['round'])
+
+
+def test_protocol_and_validation(alkit_python_code):
+    with pytest.raises(ValueError, match='unknown strategy'):
+        ActiveLearningWorkChain.get_builder_from_protocol(alkit_python_code, _copper(2, True), strategy='magic')
+    with pytest.raises(ValueError, match='unknown protocol'):
+        ActiveLearningWorkChain.get_builder_from_protocol(alkit_python_code, _copper(2, True), protocol='quick')
+    builder = ActiveLearningWorkChain.get_builder_from_protocol(
+        alkit_python_code, _copper(2, True), protocol='fast', strategy='dpgen', label=_emt(alkit_python_code)
+    )
+    assert builder.select.parameters['method'] == 'trust'
+    assert builder.train.parameters['committee_size'] == 4
+    assert 'initial_dataset' in builder
+    builder.max_rounds = orm.Int(0)
+    with pytest.raises(ValueError, match='max_rounds'):
+        run_get_node(builder)
