@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aiida_alkit.models._moments import InvariantPlan, NeighbourLayout, cached_layout, padded_moments
 from aiida_alkit.models.batching import Batch, batch_from_atoms
 
 __all__ = [
@@ -189,7 +190,8 @@ class GaussianMoments(nn.Module):
     Trainable parameters: the species-pair coefficients β of shape (n_species, n_species, n_radial, n_basis), indexed
     by (centre species Z_i, neighbour species Z_j). The papers do not state their initialisation; we draw them from
     U(-1, 1) as the authors' reference implementation does, and scale them by N_basis^{-1/2} in the forward pass
-    (the NTK-like factor of eq. 12).
+    (the NTK-like factor of eq. 12). The moments and invariants are evaluated by the padded, batched kernels of
+    ``aiida_alkit.models._moments`` (same values as the edge-by-edge definition up to rounding).
     """
 
     def __init__(self, hyperparameters: GMNNHyperparameters, generator: torch.Generator | None = None) -> None:
@@ -208,11 +210,14 @@ class GaussianMoments(nn.Module):
         coefficients = 2.0 * torch.rand(n_species, n_species, hp.n_radial, hp.n_basis, generator=generator) - 1.0
         self.coefficients = nn.Parameter(coefficients.to(torch.float64))
         self.contractions = _active_contractions(hp.max_moment)
+        kept_channels = {}
         for name, ranks, _, symmetry in self.contractions:
-            kept = _kept_channels(hp.n_radial, len(ranks), symmetry)
+            kept = kept_channels[name] = _kept_channels(hp.n_radial, len(ranks), symmetry)
             flat = [sum(c * hp.n_radial ** (len(ranks) - 1 - p) for p, c in enumerate(ch)) for ch in kept]
             self.register_buffer(f'keep_{name}', torch.tensor(flat, dtype=torch.int64), persistent=False)
         self.n_features = n_gaussian_moment_features(hp.n_radial, hp.max_moment)
+        self._plan = InvariantPlan(self.contractions, kept_channels)
+        self.register_buffer('feature_select', self._plan.select, persistent=False)
 
     def cutoff_function(self, r: torch.Tensor) -> torch.Tensor:
         """Cosine cutoff f_cut(r) = (cos(π r / r_cut) + 1) / 2 for r < r_cut, else 0 (dimensionless)."""
@@ -230,40 +235,49 @@ class GaussianMoments(nn.Module):
         return values * self.cutoff_function(r)[:, None]
 
     def moments(
-        self, vectors: torch.Tensor, species: torch.Tensor, edge_i: torch.Tensor, edge_j: torch.Tensor
+        self,
+        vectors: torch.Tensor,
+        species: torch.Tensor,
+        edge_i: torch.Tensor,
+        edge_j: torch.Tensor,
+        layout: NeighbourLayout | None = None,
     ) -> list[torch.Tensor]:
         """Moments Ψ_{i,L,s} for L = 0..max_moment (eq. 2/11): [(N, R), (N, R, 3), (N, R, 3, 3), (N, R, 3, 3, 3)].
 
+        Evaluated on a padded neighbour table (``_moments.padded_moments``) as one batched product per atom.
+
         :param vectors: (E, 3) pair vectors r_ij = r_i - r_j (Å) of the edges (edge_i, edge_j).
+        :param layout: padded table of ``edge_i`` (built and cached per ``edge_i`` tensor when not given).
         """
-        n_atoms = species.shape[0]
-        r = torch.linalg.norm(vectors, dim=-1)
-        unit = vectors / r[:, None]
-        radial = self.radial_functions(r, species[edge_i], species[edge_j])  # (E, R)
-        per_edge = [radial]
-        for _ in range(self.max_moment):
-            previous = per_edge[-1]
-            per_edge.append(previous.unsqueeze(-1) * unit.view((unit.shape[0], 1) + (1,) * (previous.dim() - 2) + (3,)))
-        out = []
-        for tensor in per_edge:
-            summed = torch.zeros((n_atoms, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-            out.append(summed.index_add_(0, edge_i, tensor))
-        return out
+        if layout is None:
+            layout = cached_layout(edge_i, int(species.shape[0]))
+        return padded_moments(
+            vectors,
+            species,
+            edge_j,
+            layout,
+            self.coefficients,
+            self.centres,
+            self.gamma,
+            self.norm / math.sqrt(self.n_basis),
+            self.cutoff,
+            self.max_moment,
+        )
 
     def invariants(self, moments: list[torch.Tensor]) -> torch.Tensor:
-        """Rotation-invariant full contractions (eq. 13) concatenated to G_i, (N, d_0)."""
-        parts = []
-        n_atoms = moments[0].shape[0]
-        for name, ranks, equation, _ in self.contractions:
-            value = torch.einsum(equation, *[moments[rank] for rank in ranks]).reshape(n_atoms, -1)
-            parts.append(value.index_select(1, getattr(self, f'keep_{name}')))
-        return torch.cat(parts, dim=-1)
+        """Rotation-invariant full contractions (eq. 13) concatenated to G_i, (N, d_0), order of :data:`CONTRACTIONS`."""
+        return self._plan(moments, self.feature_select)
 
     def forward(
-        self, vectors: torch.Tensor, species: torch.Tensor, edge_i: torch.Tensor, edge_j: torch.Tensor
+        self,
+        vectors: torch.Tensor,
+        species: torch.Tensor,
+        edge_i: torch.Tensor,
+        edge_j: torch.Tensor,
+        layout: NeighbourLayout | None = None,
     ) -> torch.Tensor:
         """G_i (N, d_0) from pair vectors r_ij = r_i - r_j (E, 3), Å."""
-        return self.invariants(self.moments(vectors, species, edge_i, edge_j))
+        return self.invariants(self.moments(vectors, species, edge_i, edge_j, layout))
 
 
 class NTKLinear(nn.Module):
@@ -391,10 +405,14 @@ class GMNN(nn.Module):
         """Gaussian moments G_i (N, d_0) of a batch (optionally with displaced positions/cells, Å)."""
         positions = batch.positions.to(self.dtype) if positions is None else positions
         cells = batch.cells.to(self.dtype) if cells is None else cells
-        edge_cells = cells[batch.structure_index[batch.edge_i]]  # (E, 3, 3)
-        image_offsets = torch.einsum('ek,ekl->el', batch.edge_shifts.to(self.dtype), edge_cells)
+        shifts = batch.edge_shifts.to(self.dtype)
+        if cells.shape[0] == 1:
+            image_offsets = shifts @ cells[0]
+        else:
+            edge_cells = cells.index_select(0, batch.structure_index.index_select(0, batch.edge_i))  # (E, 3, 3)
+            image_offsets = torch.einsum('ek,ekl->el', shifts, edge_cells)
         # Paper convention r_ij = r_i - r_j (eq. 2); the neighbour image sits at r_j + S @ cell.
-        vectors = positions[batch.edge_i] - positions[batch.edge_j] - image_offsets
+        vectors = positions.index_select(0, batch.edge_i) - positions.index_select(0, batch.edge_j) - image_offsets
         return self.representation(vectors, batch.species, batch.edge_i, batch.edge_j)
 
     def atomic_energies(self, descriptors: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
