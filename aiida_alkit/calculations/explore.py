@@ -37,8 +37,8 @@ def validate_explore_parameters(parameters: dict) -> str | None:
     if (parameters.get('timestep_fs') or 0) > 10:
         return f'timestep_fs={parameters["timestep_fs"]} is far too large for atomistic MD (use <= 10 fs)'
     kind = (parameters.get('bias') or {}).get('kind', 'none')
-    if kind not in ('none', 'committee'):
-        return f'bias.kind must be "none" or "committee", got {kind!r}'
+    if kind not in ('none', 'committee', 'gradient', 'hal'):
+        return f'bias.kind must be "none", "committee", "gradient" or "hal", got {kind!r}'
     return None
 
 
@@ -54,6 +54,8 @@ def _validate_inputs(inputs: dict, _) -> str | None:
     bias = (inputs['parameters'].get_dict().get('bias') or {}).get('kind', 'none')
     if bias == 'committee' and potential.model_kind != 'gmnn-committee':
         return 'bias.kind "committee" needs a committee potential'
+    if bias in ('gradient', 'hal') and 'training' not in inputs:
+        return f'bias.kind "{bias}" needs the training set (input "training")'
     return None
 
 

@@ -7,8 +7,8 @@ check) and ``parameters.json``::
     {"walkers": 4, "steps": 200, "timestep_fs": 2.0, "temperature_K": 300.0, "friction_per_fs": 0.01,
      "pressure_GPa": null,                       # a number: NPT with a Berendsen barostat
      "sample_every": 10, "seed": 0,
-     "bias": {"kind": "none" | "committee", "tau": 0.0, "relative_tau": null, "stress_tau": 0.0,
-              "species_strength": {}},
+     "bias": {"kind": "none" | "committee" | "gradient" | "hal", "tau": 0.0, "relative_tau": null,
+              "stress_tau": 0.0, "species_strength": {}, "dim": 256},
      "stop": {"max_force": 20.0, "min_distance_fraction": 0.75, "uncertainty": null},   # eV/Å
      "features": {"kind": "sketch", "dim": 512},  # null: no gradient features
      "kpu": {"fraction": 0.5},                    # when the potential carries RLEKF P blocks
@@ -68,7 +68,7 @@ def _training_min_distance(train: ConfigurationArrays | None, cutoff: float = 4.
 def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from aiida_alkit.exploration.bias import AdaptiveStrength, BiasedPotential, CommitteeUncertainty
+    from aiida_alkit.exploration.bias import AdaptiveStrength, BiasedPotential
     from aiida_alkit.exploration.dynamics import BatchedMD, BerendsenBarostat, PhysicalLimits, UncertaintyThreshold
     from aiida_alkit.exploration.pool import CandidatePool
     from aiida_alkit.jobs.train import _device
@@ -88,13 +88,7 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
 
     bias = dict(parameters.get('bias') or {})
     kind = bias.get('kind', 'none')
-    term = None
-    if kind == 'committee':
-        if len(members) < 2:
-            raise ValueError('bias kind "committee" needs a committee potential (committee_size > 1)')
-        term = CommitteeUncertainty()
-    elif kind != 'none':
-        raise ValueError(f'unknown bias kind {kind!r}: use "none" or "committee"')
+    term = _bias_term(kind, bias, members, train)
     strength: Any = AdaptiveStrength(bias['relative_tau']) if bias.get('relative_tau') else bias.get('tau', 0.0)
     pressure = parameters.get('pressure_GPa')
     potential = BiasedPotential(
@@ -151,6 +145,35 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
         reasons[value] = reasons.get(value, 0) + 1
     progress(f'{len(arrays)} candidates; walker stops: {reasons}')
     return {'status': 'ok', 'n_candidates': len(arrays), 'n_steps': int(result.n_steps), 'stop_counts': reasons}
+
+
+def _bias_term(kind: str, bias: dict[str, Any], members: list, train: ConfigurationArrays | None):
+    """The uncertainty u of E_bias = E - τu: committee σ (seed 002 eq. 5 on a model committee), gradient-feature
+    posterior (seed 003) or HAL's Bayesian-ridge σ̃ on last-layer features (seed 002; fitted here on the training
+    energies only)."""
+    from aiida_alkit.exploration.bias import CommitteeUncertainty
+
+    if kind == 'none':
+        return None
+    if kind == 'committee':
+        if len(members) < 2:
+            raise ValueError('bias kind "committee" needs a committee potential (committee_size > 1)')
+        return CommitteeUncertainty()
+    if kind not in ('gradient', 'hal'):
+        raise ValueError(f'unknown bias kind {kind!r}: use "none", "committee", "gradient" or "hal"')
+    if train is None:
+        raise ValueError(f'bias kind {kind!r} needs the training set (input "training")')
+    from aiida_alkit.exploration.terms import GradientFeatureUncertainty, HALUncertainty
+
+    model = members[0]
+    if kind == 'gradient':
+        return GradientFeatureUncertainty.from_data(model, train, kind='posterior', dim=int(bias.get('dim', 256)))
+    from aiida_alkit.uncertainty.features import compute_features
+    from aiida_alkit.uncertainty.hal import BayesianRidge, build_design_matrix
+
+    features = compute_features(model, train, kind='last_layer', per_atom=False)
+    design, targets = build_design_matrix(np.asarray(features.structure), train.energy)
+    return HALUncertainty(model, BayesianRidge().fit(design, targets), atom_quantity=None)
 
 
 def _scores(model, members, arrays, train, parameters, folder) -> dict[str, np.ndarray]:

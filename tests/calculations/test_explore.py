@@ -60,8 +60,32 @@ def test_biased_exploration(alkit_python_code, committee_potential, training_set
     assert set(results['stops']['walkers']) == {'0', '1'}
 
 
+@pytest.fixture
+def single_potential(alkit_python_code, training_set):  # noqa: F811
+    results, node = run_train(alkit_python_code, training_set, {'model': TINY, 'training': {'epochs': 2}})
+    assert node.is_finished_ok, node.exit_message
+    return results['potential']
+
+
+@pytest.mark.parametrize('kind', ['gradient', 'hal'])
+def test_feature_biased_exploration(alkit_python_code, single_potential, training_set, kind):  # noqa: F811
+    results, node = _explore(
+        alkit_python_code,
+        single_potential,
+        training_set,
+        training_set,
+        bias={'kind': kind, 'relative_tau': 0.2, 'dim': 16},
+        features={'kind': 'last_layer'},
+    )
+    assert node.exit_status == 0, node.exit_message
+    assert len(results['pool']) >= 2
+    assert 'max_force_deviation' not in results['scores'].get_arraynames()  # one model: no committee deviation
+
+
 def test_bad_parameters(alkit_python_code, committee_potential, training_set):  # noqa: F811
     with pytest.raises(ValueError, match='unknown explore parameters'):
         _explore(alkit_python_code, committee_potential, training_set, training_set, temperature=300)
+    with pytest.raises(ValueError, match=r'bias\.kind must be'):
+        _explore(alkit_python_code, committee_potential, training_set, training_set, bias={'kind': 'magic'})
     with pytest.raises(ValueError, match='far too large'):
         _explore(alkit_python_code, committee_potential, training_set, training_set, timestep_fs=50.0)
