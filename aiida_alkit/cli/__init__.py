@@ -35,4 +35,4 @@ def verdi_passthrough(args: tuple[str, ...]) -> None:
     sys.exit(verdi.main(args=list(args), prog_name='alkit verdi', standalone_mode=True))
 
 
-from . import dataset, demo, setup  # noqa: E402,F401  (register sub-commands)
+from . import campaign, dataset, demo, setup  # noqa: E402,F401  (register sub-commands)

@@ -87,10 +87,108 @@ def smoke_command() -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+def demo_structures(fast: bool) -> list:
+    """Initial (unlabelled) structures: strained and rattled fcc cells, Cu 2x2x2 (32 atoms) or Al conventional (4)."""
+    from ase.build import bulk
+
+    structures = []
+    for index, strain in enumerate((0.98, 1.0, 1.02, 1.01)):
+        if fast:
+            atoms = bulk('Cu', 'fcc', a=3.61 * strain, cubic=True) * (2, 2, 2)
+        else:
+            atoms = bulk('Al', 'fcc', a=4.04 * strain, cubic=True)
+        atoms.rattle(stdev=0.04, seed=index)
+        atoms.info['source'] = 'demo'
+        structures.append(atoms)
+    return structures
+
+
+def run_demo(fast: bool = False, echo=click.echo, setup: bool = True, max_rounds: int | None = None):
+    """An active-learning campaign on the embedded profile (see ``alkit demo --help``); returns the work chain node.
+
+    Default: aluminium labelled by pw.x through aiida-quantumespresso, strategy ``gradient`` (MD biased by the
+    gradient-feature uncertainty, LCMD selection), temperatures 300 → 600 → 900 K over three rounds, 4 labels per
+    round. ``fast``: EMT copper (32-atom cells) instead of pw.x, about a minute.
+    """
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_alkit.data import DatasetData
+    from aiida_alkit.profile import PSEUDO_FAMILY, PW_CODE, PYTHON_CODE, ensure_resources, setup_environment
+    from aiida_alkit.workflows.active_learning import ActiveLearningWorkChain
+
+    report = setup_environment(echo=echo) if setup else ensure_resources(echo=echo)
+    missing = [line for line in report.lines if line[1] == 'missing']
+    if missing and not fast:
+        echo(report.render())
+        raise RuntimeError('the environment is incomplete (see "missing" above); try `alkit demo --fast` (EMT)')
+    code = orm.load_code(f'{PYTHON_CODE}@localhost')
+    initial = DatasetData.from_atoms(demo_structures(fast), info_keys=['source'])
+    initial.label = 'alkit demo: initial structures'
+    initial.store()
+    if fast:
+        label = {'engine': 'ase', 'ase': {'code': code, 'calculator': 'ase.calculators.emt.EMT'}}
+    else:
+        label = {
+            'engine': 'pw',
+            'pw': {
+                'code': orm.load_code(f'{PW_CODE}@localhost'),
+                'pseudo_family': PSEUDO_FAMILY,
+                'protocol': 'fast',
+                'overrides': {'kpoints_distance': 0.5},
+            },
+            'max_concurrent': 2,
+        }
+    overrides = {
+        'max_rounds': max_rounds or 3,
+        'schedule': {'temperatures': [300, 600, 900]},
+        'train': {'parameters': {'training': {'epochs': 60, 'batch_size': 4}, 'num_threads': 1}},
+        'explore': {'parameters': {'walkers': 2, 'steps': 60, 'sample_every': 5, 'num_threads': 1}},
+        'select': {'parameters': {'batch_size': 4}},
+    }
+    builder = ActiveLearningWorkChain.get_builder_from_protocol(
+        code, initial, protocol='fast', strategy='gradient', overrides=overrides, label=label
+    )
+    builder.metadata.label = 'alkit demo (EMT Cu)' if fast else 'alkit demo (pw.x Al)'
+    echo(
+        f'Starting the campaign: {"EMT copper" if fast else "aluminium with pw.x"}, strategy gradient, '
+        f'{len(initial)} initial structures (DatasetData<{initial.pk}>); progress lines follow'
+    )
+    start = time.perf_counter()
+    _, node = run_get_node(builder)
+    echo(
+        f'{node.process_label}<{node.pk}> finished with exit status {node.exit_status} in '
+        f'{time.perf_counter() - start:.0f} s'
+    )
+    return node
+
+
+def print_campaign_summary(node, echo=click.echo, plot: str | None = None) -> None:
+    """The per-round table of a campaign and, optionally, its learning-curve PNG (as ``alkit campaign report``)."""
+    from aiida_alkit.cli.campaign import calibration_points, campaign_rows, status_table, write_plot
+
+    rows, _ = campaign_rows(node)
+    echo(status_table(rows))
+    if 'report' in node.outputs:
+        echo(f'Stop reason: {node.outputs.report["stop_reason"]}')
+    if plot and rows:
+        write_plot(rows, plot, calibration_points(node))
+        echo(f'Learning curve and counts per round: {plot}')
+    echo(
+        f'Details: alkit campaign status {node.pk}; alkit campaign report {node.pk}; alkit verdi process report {node.pk}'
+    )
+
+
 @main.command('demo')
-def demo_command() -> None:
-    """The main job. For now the pw.x smoke job; it grows into a full active-learning campaign."""
+@click.option('--fast', is_flag=True, help='EMT copper instead of pw.x aluminium (about a minute).')
+@click.option('--rounds', type=int, default=None, help='Maximum number of rounds (default 3).')
+@click.option('--plot', default='alkit-demo.png', show_default=True, help='Where to write the learning-curve PNG.')
+def demo_command(fast: bool, rounds: int | None, plot: str) -> None:
+    """The main job: an active-learning campaign on the embedded profile (pw.x aluminium; --fast: EMT copper)."""
     try:
-        run_smoke()
+        node = run_demo(fast=fast, max_rounds=rounds)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
+    print_campaign_summary(node, plot=plot)
+    if not node.is_finished_ok:
+        raise click.ClickException(f'the campaign failed: {node.exit_message}')

@@ -1,0 +1,361 @@
+"""Questions about a campaign answered from the provenance graph (no science, only link traversal).
+
+An :class:`~aiida_alkit.workflows.active_learning.ActiveLearningWorkChain` calls, per round ``k``,
+``train_round_k`` (``TrainWorkChain``), ``explore_round_k`` (``ExploreCalculation``), the calcfunction
+``select_candidates`` (outputs ``selection`` and one ``pick_NNNN`` StructureData per pick), ``label_round_k``
+(``LabelWorkChain``, inputs ``structures__pick_NNNN``) and ``merge_datasets`` (``round_index = k``); unlabelled
+initial structures are labelled first by ``label_initial`` (inputs ``structures__initial_NNNN``). The training
+set's ``info['origin']`` holds the uuid of the StructureData each labelled configuration came from.
+
+The helpers below follow those links from a node (``node.base.links`` and :class:`~aiida.orm.QueryBuilder` with
+``with_incoming`` / ``with_outgoing``); none scans the whole database:
+
+* :func:`labels_of_potential` — the labelled structures a potential was trained on;
+* :func:`selection_record` — score, rank, pool index, method and round of a picked (or initial) structure;
+* :func:`failed_labels` — every failed label of a campaign with its round, pick name and reason;
+* :func:`round_of` — the round of a campaign that produced a structure;
+* :func:`campaign_rounds` — the per-round counts of the campaign's ``report``, rebuilt from the called processes
+  (so that a running campaign can be inspected too).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiida import orm
+from aiida.common.links import LinkType
+
+__all__ = [
+    'called_processes',
+    'campaign_rounds',
+    'failed_labels',
+    'labels_of_potential',
+    'round_from_link_label',
+    'round_of',
+    'selection_record',
+]
+
+_ROUND_LABEL = re.compile(r'^(?:train|explore|label)_round_(\d+)$')
+_CALL_LINKS = (LinkType.CALL_CALC, LinkType.CALL_WORK)
+_STRUCTURES_PREFIX = 'structures__'
+
+
+def round_from_link_label(label: str) -> int | None:
+    """The round encoded in a campaign's call link label: ``label_initial`` → 0, ``*_round_<k>`` → ``k``."""
+    if label == 'label_initial':
+        return 0
+    match = _ROUND_LABEL.match(label)
+    return int(match.group(1)) if match else None
+
+
+def called_processes(
+    campaign: orm.ProcessNode, link_label_filter: str | None = None, process_label: str | None = None
+) -> list[tuple[str, orm.ProcessNode]]:
+    """``(call link label, process)`` for the processes ``campaign`` called, oldest first.
+
+    :param link_label_filter: SQL ``LIKE`` pattern on the link label (``'label_%'``); calcfunctions called without
+        a label have the label ``CALL``.
+    :param process_label: keep only processes with this process label (``'select_candidates'``).
+    """
+    links = campaign.base.links.get_outgoing(link_type=_CALL_LINKS, link_label_filter=link_label_filter).all()
+    found = [(link.link_label, link.node) for link in links]
+    if process_label is not None:
+        found = [(label, node) for label, node in found if node.process_label == process_label]
+    return sorted(found, key=lambda item: (item[1].ctime, item[1].pk))
+
+
+def _input(node: orm.Node, link_label: str) -> orm.Node | None:
+    links = node.base.links.get_incoming(
+        link_type=(LinkType.INPUT_CALC, LinkType.INPUT_WORK), link_label_filter=link_label
+    ).all()
+    return links[0].node if links else None
+
+
+def _output(node: orm.Node, link_label: str) -> orm.Node | None:
+    links = node.base.links.get_outgoing(
+        link_type=(LinkType.CREATE, LinkType.RETURN), link_label_filter=link_label
+    ).all()
+    return links[0].node if links else None
+
+
+def _caller_link(process: orm.ProcessNode) -> tuple[str, orm.ProcessNode] | None:
+    links = process.base.links.get_incoming(link_type=_CALL_LINKS).all()
+    return (links[0].link_label, links[0].node) if links else None
+
+
+# ---------------------------------------------------------------------------------------------- potentials
+def labels_of_potential(potential: orm.Data) -> list[orm.StructureData]:
+    """The StructureData whose labels trained ``potential``, in training-set order (each once).
+
+    Path: the potential's creator (the ``TrainCalculation``) → its ``dataset`` input → the uuids in the dataset's
+    ``info['origin']`` (written by ``merge_datasets``) → the StructureData with those uuids. Configurations without
+    an origin (labelled data given to the campaign as ``initial_dataset``) have no StructureData and are left out,
+    as are uuids this profile does not hold (a training set imported without its structures).
+
+    :raises ValueError: when the potential has no creator with a ``dataset`` input, or that dataset has no
+        ``origin`` info (it was not assembled by a campaign).
+    """
+    creator = potential.creator
+    if creator is None:
+        raise ValueError(f'{type(potential).__name__}<{potential.pk}> has no creator: it was not trained here')
+    dataset = _input(creator, 'dataset')
+    if dataset is None:
+        raise ValueError(f'the creator {creator.process_label}<{creator.pk}> of the potential has no dataset input')
+    info = dataset.arrays.info
+    if 'origin' not in info:
+        raise ValueError(f'training set DatasetData<{dataset.pk}> has no origin info (not made by merge_datasets)')
+    uuids = list(dict.fromkeys(str(value) for value in info['origin'] if str(value)))
+    if not uuids:
+        return []
+    query = orm.QueryBuilder().append(orm.StructureData, filters={'uuid': {'in': uuids}}, project=['uuid', '*'])
+    by_uuid = dict(query.all())
+    return [by_uuid[uuid] for uuid in uuids if uuid in by_uuid]
+
+
+# ---------------------------------------------------------------------------------------------- structures
+def _selection_of(structure: orm.StructureData) -> tuple[orm.ProcessNode, str] | None:
+    """``(select_candidates node, pick name)`` when ``structure`` is a pick, else ``None``."""
+    links = structure.base.links.get_incoming(link_type=LinkType.CREATE).all()
+    if not links or links[0].node.process_label != 'select_candidates':
+        return None
+    return links[0].node, links[0].link_label
+
+
+def _explore_round(select_node: orm.ProcessNode) -> tuple[int | None, orm.ProcessNode | None]:
+    """Round and caller of the exploration whose pool ``select_node`` selected from."""
+    pool = _input(select_node, 'pool')
+    explore = pool.creator if pool is not None else None
+    caller = _caller_link(explore) if explore is not None else None
+    if caller is None:
+        return None, None
+    return round_from_link_label(caller[0]), caller[1]
+
+
+def _label_processes(structure: orm.StructureData, campaign: orm.ProcessNode | None = None) -> list[dict[str, Any]]:
+    """The LabelWorkChains (called by ``campaign``, if given) that took ``structure`` as input: node, pick, round."""
+    query = orm.QueryBuilder()
+    query.append(orm.StructureData, filters={'id': structure.pk}, tag='structure')
+    query.append(
+        orm.WorkflowNode,
+        with_incoming='structure',
+        edge_filters={'label': {'like': f'{_STRUCTURES_PREFIX}%'}},
+        edge_tag='input',
+        edge_project='label',
+        project='*',
+        tag='label',
+    )
+    query.append(
+        orm.WorkflowNode,
+        with_outgoing='label',
+        filters={'id': campaign.pk} if campaign is not None else {},
+        edge_tag='call',
+        edge_project='label',
+        tag='caller',
+    )
+    found = []
+    for result in query.dict():
+        found.append(
+            {
+                'node': result['label']['*'],
+                'pick': result['input']['label'][len(_STRUCTURES_PREFIX) :],
+                'round': round_from_link_label(result['call']['label']),
+            }
+        )
+    return sorted(found, key=lambda item: item['node'].pk)
+
+
+def _label_outcome(label_node: orm.ProcessNode, pick: str) -> tuple[bool | None, str | None]:
+    """Was ``pick`` labelled by ``label_node``: ``(True, None)``, ``(False, reason)`` or ``(None, None)`` (pending)."""
+    failures = _output(label_node, 'failures')
+    if failures is not None and pick in failures.get_dict():
+        return False, str(failures[pick])
+    labelled = _output(label_node, 'labelled')
+    if labelled is not None and pick in {str(value) for value in labelled.arrays.info.get('pick', [])}:
+        return True, None
+    if label_node.is_terminated:
+        return False, f'{label_node.process_label}<{label_node.pk}> ended without labelling it'
+    return None, None
+
+
+def selection_record(structure: orm.StructureData) -> dict[str, Any]:
+    """How ``structure`` entered a campaign: its selection and its label.
+
+    For a pick of ``select_candidates``: ``pick`` (``pick_NNNN``), ``rank``, ``score``, ``pool_index`` (the
+    ``alkit_*`` attributes), ``method`` (the selection method that ran), ``round`` (of the exploration that made the
+    pool), ``selection`` and ``pool`` (pks). For an initial structure labelled in round 0: ``pick``
+    (``initial_NNNN``) and ``round`` 0, the selection fields ``None``. Both carry ``uuid``, ``pk``, ``labelled``
+    (``True``, ``False`` or ``None`` while not labelled yet) and ``failure`` (the reason of a failed label).
+
+    :raises ValueError: for a structure that was neither picked nor labelled by a campaign.
+    """
+    record: dict[str, Any] = {
+        'uuid': structure.uuid,
+        'pk': structure.pk,
+        'pick': None,
+        'round': None,
+        'rank': None,
+        'score': None,
+        'pool_index': None,
+        'method': None,
+        'selection': None,
+        'pool': None,
+        'labelled': None,
+        'failure': None,
+    }
+    labels = _label_processes(structure)
+    selected = _selection_of(structure)
+    if selected is not None:
+        select_node, pick = selected
+        attributes = structure.base.attributes
+        selection = _output(select_node, 'selection')
+        pool = _input(select_node, 'pool')
+        parameters = _input(select_node, 'parameters')
+        method = selection.base.attributes.get('method', None) if selection is not None else None
+        if method is None and parameters is not None:
+            method = parameters.get_dict().get('method')
+        record.update(
+            {
+                'pick': pick,
+                'round': _explore_round(select_node)[0],
+                'rank': attributes.get('alkit_rank', None),
+                'score': attributes.get('alkit_score', None),
+                'pool_index': attributes.get('alkit_pool_index', None),
+                'method': method,
+                'selection': selection.pk if selection is not None else None,
+                'pool': pool.pk if pool is not None else None,
+            }
+        )
+    elif labels and labels[0]['round'] == 0:
+        record.update({'pick': labels[0]['pick'], 'round': 0})
+    else:
+        raise ValueError(f'StructureData<{structure.pk}> was neither selected nor labelled by a campaign')
+    if labels:
+        record['labelled'], record['failure'] = _label_outcome(labels[-1]['node'], labels[-1]['pick'])
+    return record
+
+
+def round_of(structure: orm.StructureData, campaign: orm.ProcessNode) -> int:
+    """The round of ``campaign`` that produced ``structure``: the round of the exploration it was picked from, or 0
+    for an initial structure the campaign labelled.
+
+    :raises ValueError: when ``structure`` is not part of ``campaign``.
+    """
+    selected = _selection_of(structure)
+    if selected is not None:
+        number, caller = _explore_round(selected[0])
+        if caller is not None and caller.pk == campaign.pk and number is not None:
+            return number
+    for item in _label_processes(structure, campaign):
+        if item['round'] == 0:
+            return 0
+    raise ValueError(f'StructureData<{structure.pk}> was not produced by campaign <{campaign.pk}>')
+
+
+# ---------------------------------------------------------------------------------------------- campaigns
+def failed_labels(campaign: orm.ProcessNode) -> list[dict[str, Any]]:
+    """Every failed label of ``campaign``, by round (0: initial structures) and pick name.
+
+    Each record: ``round``, ``pick``, ``reason``, ``structure`` (uuid of the StructureData that failed, or ``None``)
+    and ``label_process`` (pk of the LabelWorkChain). Label processes still running are skipped.
+    """
+    records = []
+    for link_label, node in called_processes(campaign, link_label_filter='label_%'):
+        failures = _output(node, 'failures')
+        if failures is None:
+            continue
+        number = round_from_link_label(link_label)
+        for pick, reason in failures.get_dict().items():
+            structure = _input(node, f'{_STRUCTURES_PREFIX}{pick}')
+            records.append(
+                {
+                    'round': number,
+                    'pick': pick,
+                    'reason': str(reason),
+                    'structure': structure.uuid if structure is not None else None,
+                    'label_process': node.pk,
+                }
+            )
+    return sorted(records, key=lambda item: (item['round'] if item['round'] is not None else -1, item['pick']))
+
+
+def _merged_sizes(campaign: orm.ProcessNode) -> dict[int, int]:
+    """Training-set size after each ``merge_datasets`` call, by its ``round_index``."""
+    sizes = {}
+    for _, node in called_processes(campaign, process_label='merge_datasets'):
+        result = _output(node, 'result')
+        round_index = _input(node, 'round_index')
+        if result is not None and round_index is not None:
+            sizes[int(round_index.value)] = len(result)
+    return sizes
+
+
+def campaign_rounds(campaign: orm.ProcessNode) -> list[dict[str, Any]]:
+    """The rows of the campaign's ``report`` output rebuilt from the processes it called, one per round started.
+
+    Keys as in the report (``round``, ``temperature_K``, ``pressure_GPa``, ``steps``, ``walkers``, ``explored``,
+    ``walker_stops``, ``n_accurate``, ``n_candidate``, ``n_failed``, ``accurate_fraction``, ``selected``,
+    ``labelled``, ``failed_labels``, ``dataset_size``, ``metrics``, ``test_forces_rmse``); a key is missing while
+    the step that produces it has not finished. Extra key ``trained_on``: the size of the training set of the round's
+    potential. Works on a running campaign.
+    """
+    rows: dict[int, dict[str, Any]] = {}
+
+    def row(number: int) -> dict[str, Any]:
+        return rows.setdefault(number, {'round': number})
+
+    for link_label, node in called_processes(campaign, link_label_filter='%_round_%'):
+        number = round_from_link_label(link_label)
+        if number is None:
+            continue
+        current = row(number)
+        if link_label.startswith('train_'):
+            dataset = _input(node, 'train__dataset')
+            if dataset is not None:
+                current['trained_on'] = len(dataset)
+            potential = _output(node, 'potential')
+            if potential is not None and node.is_finished_ok:
+                current['metrics'] = dict(potential.metrics)
+                if 'test_forces_rmse_ev_per_ang' in current['metrics']:
+                    current['test_forces_rmse'] = current['metrics']['test_forces_rmse_ev_per_ang']
+        elif link_label.startswith('explore_'):
+            parameters = _input(node, 'parameters').get_dict()
+            for key in ('temperature_K', 'pressure_GPa', 'steps', 'walkers'):
+                current[key] = parameters.get(key)
+            pool = _output(node, 'pool')
+            if pool is None or not node.is_finished_ok:
+                continue
+            current['explored'] = len(pool)
+            stops = _output(node, 'stops')
+            if stops is not None:
+                current['walker_stops'] = dict(stops.get_dict().get('counts', {}))
+            query = orm.QueryBuilder()
+            query.append(orm.Data, filters={'id': pool.pk}, tag='pool')
+            query.append(
+                orm.CalcFunctionNode,
+                with_incoming='pool',
+                filters={'attributes.process_label': 'select_candidates'},
+                tag='select',
+            )
+            query.append(orm.ArrayData, with_incoming='select', edge_filters={'label': 'selection'}, project='*')
+            selection = query.first(flat=True)
+            if selection is not None:
+                attributes = selection.base.attributes
+                for key in ('n_accurate', 'n_candidate', 'n_failed'):
+                    current[key] = attributes.get(key, None)
+                current['selected'] = attributes.get('n_selected', None)
+                current['accurate_fraction'] = (current['n_accurate'] or 0) / max(1, current['explored'])
+        elif link_label.startswith('label_') and node.is_terminated:
+            failures = _output(node, 'failures')
+            labelled = _output(node, 'labelled')
+            current['labelled'] = len(labelled) if labelled is not None else 0
+            current['failed_labels'] = len(failures.get_dict()) if failures is not None else 0
+
+    sizes = _merged_sizes(campaign)
+    numbers = sorted(rows)
+    for position, number in enumerate(numbers):
+        round_done = number in sizes or position + 1 < len(numbers) or campaign.is_terminated
+        earlier = [index for index in sizes if index <= number]
+        if round_done and earlier:
+            rows[number]['dataset_size'] = sizes[max(earlier)]
+    return [rows[number] for number in numbers]
