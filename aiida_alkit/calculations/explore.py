@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from aiida import orm
-from aiida.common.datastructures import CalcInfo, CodeInfo
-from aiida.engine import CalcJob
 
+from aiida_alkit.calculations.base import AlkitJobCalculation
 from aiida_alkit.data.dataset import DatasetData
 from aiida_alkit.data.potential import PotentialData
-from aiida_alkit.jobs.common import PARAMETERS_FILE, RESULTS_FILE
 from aiida_alkit.jobs.explore import POOL_FILE, POTENTIAL_FILE, SCORES_FILE, SEEDS_FILE, STOPS_FILE, TRAINING_FILE
 
 __all__ = ['EXPLORE_PARAMETERS', 'ExploreCalculation', 'validate_explore_parameters']
@@ -59,8 +55,10 @@ def _validate_inputs(inputs: dict, _) -> str | None:
     return None
 
 
-class ExploreCalculation(CalcJob):
+class ExploreCalculation(AlkitJobCalculation):
     """Run ``python -m aiida_alkit.jobs.explore``: walkers of (biased) MD, a candidate pool and its scores."""
+
+    JOB = 'explore'
 
     @classmethod
     def define(cls, spec):
@@ -78,37 +76,24 @@ class ExploreCalculation(CalcJob):
             help='walkers, steps, timestep_fs, temperature_K, pressure_GPa, bias, stop, features (jobs/explore.py).',
         )
         spec.inputs.validator = _validate_inputs
-        options = spec.inputs['metadata']['options']
-        options['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
-        options['withmpi'].default = False
-        options['parser_name'].default = 'alkit.explore'
-        options['output_filename'].default = 'job.out'
 
         spec.output('pool', valid_type=DatasetData, help='The candidate configurations with their MD metadata.')
         spec.output('scores', valid_type=orm.ArrayData, help='Per-candidate features / deviations / KPU.')
         spec.output('stops', valid_type=orm.Dict, help='Why and at which step each walker stopped.')
-        spec.exit_code(300, 'ERROR_NO_RESULTS_FILE', message='The job wrote no results file: it crashed or was killed.')
-        spec.exit_code(301, 'ERROR_INVALID_RESULTS_FILE', message='The results file could not be read: {error}')
         spec.exit_code(302, 'ERROR_POOL_MISSING', message='The job finished but wrote no candidate pool.')
-        spec.exit_code(400, 'ERROR_JOB_FAILED', message='The explore job failed: {error}')
         spec.exit_code(410, 'ERROR_EMPTY_POOL', message='No candidate was recorded: every walker stopped at once.')
 
-    def prepare_for_submission(self, folder):
-        with folder.open(PARAMETERS_FILE, 'w') as handle:
-            json.dump(self.inputs.parameters.get_dict(), handle, indent=1)
-        codeinfo = CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = ['-m', 'aiida_alkit.jobs.explore', '.']
-        codeinfo.stdout_name = self.metadata.options.output_filename
-        codeinfo.join_files = True
-        calcinfo = CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.local_copy_list = [
+    def job_parameters(self) -> dict:
+        return self.inputs.parameters.get_dict()
+
+    def job_files(self) -> list[tuple[str, str, str]]:
+        files = [
             (self.inputs.potential.uuid, PotentialData.FILENAME, POTENTIAL_FILE),
             (self.inputs.seeds.uuid, DatasetData.FILENAME, SEEDS_FILE),
         ]
         if 'training' in self.inputs:
-            calcinfo.local_copy_list.append((self.inputs.training.uuid, DatasetData.FILENAME, TRAINING_FILE))
-        calcinfo.retrieve_list = [RESULTS_FILE, STOPS_FILE, self.metadata.options.output_filename]
-        calcinfo.retrieve_temporary_list = [POOL_FILE, SCORES_FILE]
-        return calcinfo
+            files.append((self.inputs.training.uuid, DatasetData.FILENAME, TRAINING_FILE))
+        return files
+
+    def retrieved_files(self) -> tuple[list[str], list[str]]:
+        return [STOPS_FILE], [POOL_FILE, SCORES_FILE]

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 
 from aiida import orm
-from aiida.common.datastructures import CalcInfo, CodeInfo
-from aiida.engine import CalcJob
 
+from aiida_alkit.calculations.base import AlkitJobCalculation
 from aiida_alkit.data.dataset import DatasetData
-from aiida_alkit.jobs.common import PARAMETERS_FILE, RESULTS_FILE
 from aiida_alkit.jobs.label import ALLOWED_CALCULATORS, DEFAULT_MAX_FORCE, INPUT_FILE, OUTPUT_FILE
 
 __all__ = ['AseLabelCalculation']
@@ -45,13 +43,15 @@ def _validate_kwargs(value: orm.Dict, _) -> str | None:
     return None
 
 
-class AseLabelCalculation(CalcJob):
+class AseLabelCalculation(AlkitJobCalculation):
     """Energy, forces and stress of every configuration of a set with an ASE calculator.
 
     Runs ``python -m aiida_alkit.jobs.label`` with the ``alkit-python`` code. A configuration whose calculator call
     fails, or whose largest force exceeds ``max_force`` (eV/Å), is recorded in the ``failures`` output and left out
     of ``labelled``; the job fails only when no configuration could be labelled.
     """
+
+    JOB = 'label.ase'
 
     @classmethod
     def define(cls, spec):
@@ -84,11 +84,6 @@ class AseLabelCalculation(CalcJob):
             validator=_validate_max_force,
             help='Configurations with a larger force (eV/Å) are recorded as failed labels (unphysical).',
         )
-        options = spec.inputs['metadata']['options']
-        options['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
-        options['withmpi'].default = False
-        options['parser_name'].default = 'alkit.label.ase'
-        options['output_filename'].default = 'job.out'
 
         spec.output('labelled', valid_type=DatasetData, required=False, help='The configurations that were labelled.')
         spec.output(
@@ -96,30 +91,19 @@ class AseLabelCalculation(CalcJob):
             valid_type=orm.Dict,
             help='Counts and one record (input index, reason) per configuration that could not be labelled.',
         )
-        spec.exit_code(300, 'ERROR_NO_RESULTS_FILE', message='The job wrote no results file: it crashed or was killed.')
-        spec.exit_code(301, 'ERROR_INVALID_RESULTS_FILE', message='The results file could not be read: {error}')
         spec.exit_code(302, 'ERROR_LABELS_FILE_MISSING', message='The job reported labels but wrote no labels file.')
-        spec.exit_code(400, 'ERROR_JOB_FAILED', message='The label job failed: {error}')
         spec.exit_code(410, 'ERROR_ALL_LABELS_FAILED', message='No configuration could be labelled ({count} failures).')
 
-    def prepare_for_submission(self, folder):
-        parameters = {
+    def job_parameters(self) -> dict:
+        return {
             'calculator': self.inputs.calculator.value,
             'calculator_kwargs': self.inputs.calculator_kwargs.get_dict() if 'calculator_kwargs' in self.inputs else {},
             'properties': self.inputs.properties.get_list(),
             'max_force': self.inputs.max_force.value,
         }
-        with folder.open(PARAMETERS_FILE, 'w') as handle:
-            json.dump(parameters, handle, indent=1)
-        dataset = self.inputs.configurations
-        codeinfo = CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = ['-m', 'aiida_alkit.jobs.label', '.']
-        codeinfo.stdout_name = self.metadata.options.output_filename
-        codeinfo.join_files = True
-        calcinfo = CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.local_copy_list = [(dataset.uuid, DatasetData.FILENAME, INPUT_FILE)]
-        calcinfo.retrieve_list = [RESULTS_FILE, self.metadata.options.output_filename]
-        calcinfo.retrieve_temporary_list = [OUTPUT_FILE]  # parsed into a DatasetData, not kept twice
-        return calcinfo
+
+    def job_files(self) -> list[tuple[str, str, str]]:
+        return [(self.inputs.configurations.uuid, DatasetData.FILENAME, INPUT_FILE)]
+
+    def retrieved_files(self) -> tuple[list[str], list[str]]:
+        return [], [OUTPUT_FILE]  # the labels are parsed into a DatasetData, not kept twice

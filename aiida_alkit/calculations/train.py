@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import fields
 
 from aiida import orm
-from aiida.common.datastructures import CalcInfo, CodeInfo
-from aiida.engine import CalcJob
 
+from aiida_alkit.calculations.base import AlkitJobCalculation
 from aiida_alkit.data.dataset import DatasetData
 from aiida_alkit.data.potential import PotentialData
-from aiida_alkit.jobs.common import PARAMETERS_FILE, RESULTS_FILE
 from aiida_alkit.jobs.train import CHECKPOINT_FILE, DATASET_FILE, INITIAL_FILE, METRICS_FILE, POTENTIAL_FILE, TEST_FILE
 
 __all__ = ['TrainCalculation', 'validate_train_parameters']
@@ -78,8 +75,10 @@ def _validate_inputs(inputs: dict, _) -> str | None:
     return None
 
 
-class TrainCalculation(CalcJob):
+class TrainCalculation(AlkitJobCalculation):
     """Train a GM-NN potential with ``python -m aiida_alkit.jobs.train`` (GPU through ``parameters.device``)."""
+
+    JOB = 'train'
 
     @classmethod
     def define(cls, spec):
@@ -108,39 +107,30 @@ class TrainCalculation(CalcJob):
             help='Work folder of an interrupted train job: training resumes from its checkpoint.pt.',
         )
         spec.inputs.validator = _validate_inputs
-        options = spec.inputs['metadata']['options']
-        options['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
-        options['withmpi'].default = False
-        options['parser_name'].default = 'alkit.train'
-        options['output_filename'].default = 'job.out'
 
         spec.output('potential', valid_type=PotentialData, help='The trained potential (RLEKF P in its extras).')
         spec.output('metrics', valid_type=orm.Dict, help='Final train/validation errors and the training history.')
-        spec.exit_code(300, 'ERROR_NO_RESULTS_FILE', message='The job wrote no results file: it crashed or was killed.')
-        spec.exit_code(301, 'ERROR_INVALID_RESULTS_FILE', message='The results file could not be read: {error}')
         spec.exit_code(302, 'ERROR_POTENTIAL_MISSING', message='The job finished but wrote no potential file.')
-        spec.exit_code(400, 'ERROR_JOB_FAILED', message='The train job failed: {error}')
         spec.exit_code(410, 'ERROR_TRAINING_DIVERGED', message='Training diverged (NaN/inf loss): {error}')
 
-    def prepare_for_submission(self, folder):
-        with folder.open(PARAMETERS_FILE, 'w') as handle:
-            json.dump(self.inputs.parameters.get_dict(), handle, indent=1)
-        codeinfo = CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = ['-m', 'aiida_alkit.jobs.train', '.']
-        codeinfo.stdout_name = self.metadata.options.output_filename
-        codeinfo.join_files = True
-        calcinfo = CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.local_copy_list = [(self.inputs.dataset.uuid, DatasetData.FILENAME, DATASET_FILE)]
+    def job_parameters(self) -> dict:
+        return self.inputs.parameters.get_dict()
+
+    def job_files(self) -> list[tuple[str, str, str]]:
+        files = [(self.inputs.dataset.uuid, DatasetData.FILENAME, DATASET_FILE)]
         if 'initial_potential' in self.inputs:
-            calcinfo.local_copy_list.append((self.inputs.initial_potential.uuid, PotentialData.FILENAME, INITIAL_FILE))
+            files.append((self.inputs.initial_potential.uuid, PotentialData.FILENAME, INITIAL_FILE))
         if 'test_dataset' in self.inputs:
-            calcinfo.local_copy_list.append((self.inputs.test_dataset.uuid, DatasetData.FILENAME, TEST_FILE))
-        if 'parent_folder' in self.inputs:
+            files.append((self.inputs.test_dataset.uuid, DatasetData.FILENAME, TEST_FILE))
+        return files
+
+    def retrieved_files(self) -> tuple[list[str], list[str]]:
+        return [METRICS_FILE], [POTENTIAL_FILE]
+
+    def prepare_for_submission(self, folder):
+        calcinfo = super().prepare_for_submission(folder)
+        if 'parent_folder' in self.inputs:  # resume: the interrupted job's checkpoint becomes initial.pt
             parent = self.inputs.parent_folder
             source = os.path.join(parent.get_remote_path(), CHECKPOINT_FILE)
             calcinfo.remote_copy_list = [(parent.computer.uuid, source, INITIAL_FILE)]
-        calcinfo.retrieve_list = [RESULTS_FILE, METRICS_FILE, self.metadata.options.output_filename]
-        calcinfo.retrieve_temporary_list = [POTENTIAL_FILE]
         return calcinfo

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
-import pathlib
 
 from aiida import orm
-from aiida.parsers import Parser
 
 from aiida_alkit.data.potential import PotentialData
-from aiida_alkit.jobs.common import RESULTS_FILE
 from aiida_alkit.jobs.train import METRICS_FILE, POTENTIAL_FILE
 from aiida_alkit.models.serialization import PotentialFileError
+from aiida_alkit.parsers.base import AlkitJobParser
 
 __all__ = ['TrainParser']
 
@@ -43,28 +40,21 @@ def finite_or_none(value):
     return value
 
 
-class TrainParser(Parser):
+class TrainParser(AlkitJobParser):
     """Outputs of the train job; exit codes as defined on ``TrainCalculation``."""
 
     def parse(self, **kwargs):
-        names = self.retrieved.base.repository.list_object_names()
-        if RESULTS_FILE not in names:
-            return self.exit_codes.ERROR_NO_RESULTS_FILE
-        try:
-            results = json.loads(self.retrieved.base.repository.get_object_content(RESULTS_FILE))
-        except ValueError as exc:
-            return self.exit_codes.ERROR_INVALID_RESULTS_FILE.format(error=str(exc))
+        results, problem = self.read_results()
+        if problem:
+            return problem
         if results.get('status') == 'diverged':
             return self.exit_codes.ERROR_TRAINING_DIVERGED.format(error=results.get('error_message', ''))
         if 'error' in results:
             return self.exit_codes.ERROR_JOB_FAILED.format(error=results['error'])
-        temporary = kwargs.get('retrieved_temporary_folder')
-        path = pathlib.Path(temporary) / POTENTIAL_FILE if temporary else None
-        if path is None or not path.is_file():
+        path = self.temporary_file(kwargs, POTENTIAL_FILE)
+        if path is None:
             return self.exit_codes.ERROR_POTENTIAL_MISSING
-        metrics = {}
-        if METRICS_FILE in names:
-            metrics = finite_or_none(json.loads(self.retrieved.base.repository.get_object_content(METRICS_FILE)))
+        metrics = finite_or_none(self.read_json(METRICS_FILE) or {})
         try:
             potential = PotentialData(file=path)
         except PotentialFileError as exc:

@@ -15,7 +15,6 @@ A failed label never stops a round; the campaign stops with ``ERROR_TOO_MANY_FAI
 
 from __future__ import annotations
 
-import copy
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -29,22 +28,13 @@ from aiida_alkit.calculations.explore import ExploreCalculation
 from aiida_alkit.calculations.functions import merge_datasets, select_candidates
 from aiida_alkit.data.dataset import DatasetData
 from aiida_alkit.workflows.label import LabelWorkChain
+from aiida_alkit.workflows.labelling import deep_merge
 from aiida_alkit.workflows.train import TrainWorkChain
 
 __all__ = ['STRATEGIES', 'ActiveLearningWorkChain']
 
 PROTOCOL_FILE = pathlib.Path(__file__).parent / 'protocols' / 'active_learning.yaml'
 STRATEGIES = ('gradient', 'alkpu', 'hal', 'dpgen', 'dopt', 'random')
-
-
-def _merge(base: dict, update: Mapping) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def load_protocol_file() -> dict:
@@ -196,9 +186,9 @@ class ActiveLearningWorkChain(WorkChain):
             raise ValueError(f'unknown protocol {protocol!r}; choose one of {sorted(data["protocols"])}')
         if strategy not in data['strategies']:
             raise ValueError(f'unknown strategy {strategy!r}; choose one of {sorted(data["strategies"])}')
-        inputs = _merge(data['default_inputs'], data['protocols'][protocol])
-        inputs = _merge(inputs, data['strategies'][strategy])
-        inputs = _merge(inputs, overrides or {})
+        inputs = deep_merge(data['default_inputs'], data['protocols'][protocol])
+        inputs = deep_merge(inputs, data['strategies'][strategy])
+        inputs = deep_merge(inputs, overrides or {})
         inputs.pop('description', None)
         builder = cls.get_builder()
         builder.code = code

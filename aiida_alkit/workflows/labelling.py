@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ['GPA_PER_EV_PER_ANG3', 'get_pw_builder', 'labelled_atoms_from_pw', 'local_options']
+__all__ = ['GPA_PER_EV_PER_ANG3', 'deep_merge', 'get_pw_builder', 'labelled_atoms_from_pw', 'local_options']
 
 #: 1 eV/Å³ in GPa.
 GPA_PER_EV_PER_ANG3 = 160.21766208
@@ -27,11 +27,12 @@ def local_options(max_wallclock_seconds: int = 3600, mpiprocs: int = 1) -> dict[
     }
 
 
-def _merge(base: dict, update: Mapping) -> dict:
+def deep_merge(base: dict, update: Mapping) -> dict:
+    """Copy of ``base`` with ``update`` merged in, nested dictionaries key by key (``update`` wins)."""
     out = copy.deepcopy(base)
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -58,7 +59,7 @@ def get_pw_builder(
     from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain
 
     required = {'pseudo_family': pseudo_family, 'pw': {'parameters': {'CONTROL': {'tprnfor': True, 'tstress': True}}}}
-    merged = _merge(dict(overrides or {}), required)
+    merged = deep_merge(dict(overrides or {}), required)
     return PwBaseWorkChain.get_builder_from_protocol(
         code, structure, protocol=protocol, overrides=merged, options=dict(options or local_options())
     )
