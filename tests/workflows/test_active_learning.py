@@ -87,3 +87,48 @@ def test_protocol_and_validation(alkit_python_code):
     builder.max_rounds = orm.Int(0)
     with pytest.raises(ValueError, match='max_rounds'):
         run_get_node(builder)
+
+
+@pytest.mark.campaign
+@pytest.mark.pwx
+def test_campaign_round_with_pw_labels(alkit_python_code):
+    from aiida_alkit.profile import PSEUDO_FAMILY, PW_CODE, ensure_resources
+
+    ensure_resources()
+    structures = []
+    for seed, strain in enumerate((0.99, 1.01)):
+        atoms = bulk('Al', 'fcc', a=4.04 * strain, cubic=True)
+        atoms.rattle(0.04, seed=seed)
+        structures.append(atoms)
+    initial = DatasetData.from_atoms(structures).store()
+    overrides = {
+        **TINY_OVERRIDES,
+        'max_rounds': 1,
+        'train': {
+            'parameters': {
+                **TINY_OVERRIDES['train']['parameters'],
+                'model': {'species': ['Al'], 'cutoff': 4.0, 'n_basis': 4, 'n_radial': 2, 'hidden_widths': [8, 8]},
+            }
+        },
+    }
+    label = {
+        'engine': 'pw',
+        'pw': {
+            'code': orm.load_code(f'{PW_CODE}@localhost'),
+            'pseudo_family': PSEUDO_FAMILY,
+            'overrides': {'kpoints_distance': 0.6},
+        },
+        'max_concurrent': 2,
+    }
+    builder = ActiveLearningWorkChain.get_builder_from_protocol(
+        alkit_python_code, initial, protocol='fast', strategy='gradient', overrides=overrides, label=label
+    )
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    (entry,) = results['report']['rounds']
+    assert entry['labelled'] == 2 and entry['failed_labels'] == 0
+    dataset = results['dataset']
+    assert len(dataset) == 2 + 2
+    assert dataset.labels == ['energy', 'forces', 'stress']
+    launched = [n for n in node.called_descendants if n.process_label == 'PwCalculation']
+    assert len(launched) == 4  # two initial structures and two picks, each a real pw.x run
