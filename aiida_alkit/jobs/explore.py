@@ -134,15 +134,15 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
         str(w): {'reason': r, 'step': result.stop_steps.get(w, -1)} for w, r in sorted(result.stop_reasons.items())
     }
     (folder / STOPS_FILE).write_text(json.dumps(stops, indent=1))
+    reasons: dict[str, int] = {}
+    for value in result.stop_reasons.values():
+        reasons[value] = reasons.get(value, 0) + 1
     if not len(pool):
-        return {'status': 'empty', 'error_message': 'no candidate frame was recorded', 'stops': stops}
+        return {'status': 'empty', 'error_message': 'no candidate frame was recorded', 'stop_counts': reasons}
     arrays = pool.to_arrays()
     arrays.save(folder / POOL_FILE)
     scores = _scores(model, members, arrays, train, parameters, folder)
     np.savez(folder / SCORES_FILE, **scores)
-    reasons: dict[str, int] = {}
-    for value in result.stop_reasons.values():
-        reasons[value] = reasons.get(value, 0) + 1
     progress(f'{len(arrays)} candidates; walker stops: {reasons}')
     return {'status': 'ok', 'n_candidates': len(arrays), 'n_steps': int(result.n_steps), 'stop_counts': reasons}
 

@@ -24,9 +24,9 @@ from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, if_, while_
 
-from aiida_alkit.calculations.explore import ExploreCalculation
 from aiida_alkit.calculations.functions import merge_datasets, select_candidates
 from aiida_alkit.data.dataset import DatasetData
+from aiida_alkit.workflows.explore import ExploreWorkChain
 from aiida_alkit.workflows.label import LabelWorkChain
 from aiida_alkit.workflows.labelling import deep_merge
 from aiida_alkit.workflows.train import TrainWorkChain
@@ -340,20 +340,20 @@ class ActiveLearningWorkChain(WorkChain):
         )  # fmt: skip
         seeds = self.inputs.get('seeds', self.ctx.dataset)
         inputs = {
-            'code': self.inputs.code,
-            'potential': self.ctx.potential,
-            'seeds': seeds,
-            'training': self.ctx.dataset,
-            'parameters': orm.Dict(parameters),
-            'metadata': {
-                'options': self._options('explore'),
-                'call_link_label': f'explore_round_{self.ctx.round}',
+            'explore': {
+                'code': self.inputs.code,
+                'potential': self.ctx.potential,
+                'seeds': seeds,
+                'training': self.ctx.dataset,
+                'parameters': orm.Dict(parameters),
+                'metadata': {'options': self._options('explore')},
             },
+            'metadata': {'call_link_label': f'explore_round_{self.ctx.round}'},
         }
-        node = self.submit(ExploreCalculation, **inputs)
+        node = self.submit(ExploreWorkChain, **inputs)
         self.report(
             f'round {self.ctx.round}: exploring at {parameters["temperature_K"]:.0f} K with {parameters["walkers"]} '
-            f'walkers x {parameters["steps"]} steps, ExploreCalculation<{node.pk}>'
+            f'walkers x {parameters["steps"]} steps, ExploreWorkChain<{node.pk}>'
         )
         return ToContext(explore=node)
 

@@ -1,7 +1,7 @@
 """Questions about a campaign answered from the provenance graph (no science, only link traversal).
 
 An :class:`~aiida_alkit.workflows.active_learning.ActiveLearningWorkChain` calls, per round ``k``,
-``train_round_k`` (``TrainWorkChain``), ``explore_round_k`` (``ExploreCalculation``), the calcfunction
+``train_round_k`` (``TrainWorkChain``), ``explore_round_k`` (``ExploreWorkChain``), the calcfunction
 ``select_candidates`` (outputs ``selection`` and one ``pick_NNNN`` StructureData per pick), ``label_round_k``
 (``LabelWorkChain``, inputs ``structures__pick_NNNN``) and ``merge_datasets`` (``round_index = k``); unlabelled
 initial structures are labelled first by ``label_initial`` (inputs ``structures__initial_NNNN``). The training
@@ -127,6 +127,8 @@ def _explore_round(select_node: orm.ProcessNode) -> tuple[int | None, orm.Proces
     pool = _input(select_node, 'pool')
     explore = pool.creator if pool is not None else None
     caller = _caller_link(explore) if explore is not None else None
+    if caller is not None and caller[1].process_label == 'ExploreWorkChain':  # the restart wrapper: one level up
+        caller = _caller_link(caller[1])
     if caller is None:
         return None, None
     return round_from_link_label(caller[0]), caller[1]
@@ -319,7 +321,10 @@ def campaign_rounds(campaign: orm.ProcessNode) -> list[dict[str, Any]]:
                 if 'test_forces_rmse_ev_per_ang' in current['metrics']:
                     current['test_forces_rmse'] = current['metrics']['test_forces_rmse_ev_per_ang']
         elif link_label.startswith('explore_'):
-            parameters = _input(node, 'parameters').get_dict()
+            parameters_node = _input(node, 'parameters')
+            if parameters_node is None:  # the ExploreWorkChain exposes the CalcJob's inputs in its namespace
+                parameters_node = _input(node, 'explore__parameters')
+            parameters = parameters_node.get_dict()
             for key in ('temperature_K', 'pressure_GPa', 'steps', 'walkers'):
                 current[key] = parameters.get(key)
             pool = _output(node, 'pool')
