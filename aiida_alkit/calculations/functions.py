@@ -82,7 +82,18 @@ def merge_datasets(
 
 
 #: Parameters of :func:`select_candidates` (see :func:`aiida_alkit.selection.api.select`).
-SELECT_PARAMETERS = ('method', 'batch_size', 'posterior', 'sigma2', 'kpu_trained', 'c0', 'c1', 'lo', 'hi')
+SELECT_PARAMETERS = (
+    'method',
+    'batch_size',
+    'posterior',
+    'sigma2',
+    'kpu_trained',
+    'c0',
+    'c1',
+    'lo',
+    'hi',
+    'uncertain_above',
+)
 
 
 @calcfunction

@@ -16,8 +16,9 @@ check) and ``parameters.json``::
 
 Writes ``pool.npz`` (the candidates: frames every ``sample_every`` steps plus each walker's stop frame, with walker,
 step, temperature, pressure, volume, model energy and uncertainties in ``info``), ``scores.npz`` (per-candidate
-arrays for the select step: ``pool_features``/``train_features`` (gradient features), ``max_force_deviation``
-(committee, eV/Å), ``kpu`` (RLEKF)), ``stops.json`` (why and when each walker stopped) and ``results.json``.
+arrays for the select step: ``pool_features``/``train_features`` (gradient features), ``calibrated_uncertainty``
+(max atom posterior uncertainty as a conformally calibrated force-error bound, eV/Å, when the training set has a
+validation split), ``max_force_deviation`` (committee, eV/Å), ``kpu`` (RLEKF)), ``stops.json`` (why and when each walker stopped) and ``results.json``.
 """
 
 from __future__ import annotations
@@ -187,9 +188,14 @@ def _scores(model, members, arrays, train, parameters, folder) -> dict[str, np.n
         from aiida_alkit.uncertainty.features import compute_features
 
         settings = {'kind': features.get('kind', 'sketch'), 'dim': int(features.get('dim', 512)), 'seed': 0}
-        scores['pool_features'] = np.asarray(compute_features(first, arrays, per_atom=False, **settings).structure)
+        pool_features = compute_features(first, arrays, per_atom=True, **settings)
+        scores['pool_features'] = np.asarray(pool_features.structure)
         if train is not None:
-            scores['train_features'] = np.asarray(compute_features(first, train, per_atom=False, **settings).structure)
+            train_features = compute_features(first, train, per_atom=True, **settings)
+            scores['train_features'] = np.asarray(train_features.structure)
+            calibrated = calibrated_uncertainty(first, train, train_features, pool_features, parameters)
+            if calibrated is not None:
+                scores['calibrated_uncertainty'] = calibrated
     if len(members) > 1:
         deviation = []
         for start in range(0, len(arrays), 32):
@@ -211,6 +217,40 @@ def _scores(model, members, arrays, train, parameters, folder) -> dict[str, np.n
             values.append(kalman_prediction_uncertainty(first, extras['rlekf'], batch, fraction=fraction, seed=start))
         scores['kpu'] = np.concatenate(values)
     return scores
+
+
+def calibrated_uncertainty(model, train, train_features, pool_features, parameters) -> np.ndarray | None:
+    """Max atom posterior uncertainty of every candidate as a force-error bound in eV/Å (seed 003 Methods).
+
+    The GP posterior (seed 003 eq. 4) is fitted on the atomic features of the configurations whose ``info.split`` is
+    'train'; inductive conformal calibration (confidence 1 - ``calibration_alpha``, default 0.1) maps it to the
+    largest per-atom force RMSE of the model on the 'valid' configurations. None without at least two validation
+    configurations with forces.
+    """
+    from aiida_alkit.models.batching import batch_from_configurations
+    from aiida_alkit.uncertainty.conformal import ConformalCalibrator, atomic_force_rmse
+    from aiida_alkit.uncertainty.gp import GradientUncertainty
+
+    if train.forces is None or 'split' not in train.info:
+        return None
+    valid = np.flatnonzero(train.info['split'] == 'valid')
+    fit = np.flatnonzero(train.info['split'] != 'valid')
+    if valid.size < 2 or fit.size < 1:
+        return None
+    atom_rows = np.repeat(np.arange(len(train)), train.sizes)
+    atomic = np.asarray(train_features.atomic)
+    gp = GradientUncertainty('posterior').fit(atomic=atomic[np.isin(atom_rows, fit)])
+    valid_atomic = atomic[np.isin(atom_rows, valid)]
+    u_valid = gp.predict(atomic=valid_atomic, n_atoms=train.sizes[valid]).structure
+    batch = batch_from_configurations(train, model.species, model.cutoff, valid, model.device, model.dtype)
+    forces = np.asarray(model(batch, compute_forces=True)['forces'].detach().cpu(), dtype=np.float64)
+    errors_per_atom = atomic_force_rmse(forces, train.subset(valid).forces)
+    starts = np.concatenate([[0], np.cumsum(train.sizes[valid])[:-1]])
+    errors = np.maximum.reduceat(errors_per_atom, starts)
+    alpha = float((parameters.get('stop') or {}).get('calibration_alpha', 0.1))
+    calibrator = ConformalCalibrator().fit(u_valid, errors, alpha=alpha)
+    pool_u = gp.predict(atomic=np.asarray(pool_features.atomic), n_atoms=np.asarray(pool_features.n_atoms)).structure
+    return np.asarray(calibrator.calibrate(pool_u), dtype=np.float64)
 
 
 def main(argv: list[str] | None = None) -> int:

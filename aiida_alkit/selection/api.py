@@ -60,6 +60,7 @@ def select(
     lo: float | None = None,
     hi: float | None = None,
     n_pool: int | None = None,
+    uncertain_above: float | None = None,
     **options: Any,
 ) -> Selection:
     """Select a batch from a candidate pool.
@@ -71,6 +72,9 @@ def select(
     :param scores: per-candidate arrays: ``kpu`` (alkpu), ``max_force_deviation`` in eV/Å (trust).
     :param posterior: feature methods work on GP-posterior-transformed features (seed 001 eq. 21-23; σ² from
         ``sigma2`` or the paper's data-dependent choice); the candidate score is then the posterior variance.
+    :param uncertain_above: feature methods only: candidates whose ``scores['calibrated_uncertainty']`` (eV/Å) is at
+        most this are *accurate*; the batch is chosen among the others (seed 003's calibrated threshold; DP-GEN's
+        accurate ratio then measures convergence). None: every candidate may be picked.
     :raises ValueError: for an unknown method, missing inputs or a batch larger than the pool.
     """
     scores = scores or {}
@@ -82,24 +86,33 @@ def select(
             raise ValueError(f'method {method!r} needs pool_features and train_features')
         pool = np.asarray(pool_features, dtype=np.float64)
         train = np.asarray(train_features, dtype=np.float64)
+        n = pool.shape[0]
+        eligible = np.arange(n)
+        if uncertain_above is not None:
+            if 'calibrated_uncertainty' not in scores:
+                raise ValueError('uncertain_above needs scores["calibrated_uncertainty"] (eV/Å) from the exploration')
+            calibrated = np.asarray(scores['calibrated_uncertainty'], dtype=np.float64)
+            eligible = np.flatnonzero(~(calibrated <= float(uncertain_above)))  # NaN counts as uncertain
         if posterior and method != 'maxvol':
             noise = paper_sigma2(train) if sigma2 is None else float(sigma2)
             pool = np.asarray(posterior_transform(pool, train, noise))
-            result = select_batch(method, pool, None, batch_size, **options)
-        else:
-            result = select_batch(method, pool, train, batch_size, **options)
         candidate_scores = np.einsum('ij,ij->i', pool, pool)
-        n = pool.shape[0]
+        indices, gains, status = np.zeros(0, dtype=np.int64), np.zeros(0), None
+        if eligible.size:
+            size = min(batch_size, eligible.size) if uncertain_above is not None else batch_size
+            reference = None if posterior and method != 'maxvol' else train
+            result = select_batch(method, pool[eligible], reference, size, **options)
+            indices, gains, status = eligible[result.indices], result.gains, result.status
         return Selection(
             method=method,
-            indices=result.indices,
-            gains=result.gains,
+            indices=indices,
+            gains=gains,
             scores=candidate_scores,
-            ranks=_ranks(n, result.indices),
-            n_accurate=0,
-            n_candidate=n,
+            ranks=_ranks(n, indices),
+            n_accurate=int(n - eligible.size),
+            n_candidate=int(eligible.size),
             n_failed=0,
-            status=result.status,
+            status=status,
         )
     if method == 'random':
         n = n_pool if n_pool is not None else len(next(iter(scores.values()))) if scores else None

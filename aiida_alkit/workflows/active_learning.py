@@ -372,6 +372,12 @@ class ActiveLearningWorkChain(WorkChain):
             remaining = self.inputs.label_budget.value - self.ctx.n_labelled
             parameters['batch_size'] = max(1, min(parameters['batch_size'], remaining))
         parameters['batch_size'] = min(parameters.get('batch_size', 8), len(self.ctx.pool))
+        if 'uncertain_above' in parameters and 'calibrated_uncertainty' not in self.ctx.scores.get_arraynames():
+            parameters.pop('uncertain_above')
+            self.report(
+                f'round {self.ctx.round}: no calibrated uncertainty (the training set needs >= 2 validation '
+                'configurations with forces): every candidate counts as uncertain this round'
+            )
         self.ctx.select_parameters = parameters
         return None
 

@@ -57,6 +57,8 @@ def test_biased_exploration(alkit_python_code, committee_potential, training_set
     assert scores.get_array('pool_features').shape == (len(pool), 16)
     assert scores.get_array('train_features').shape[0] == len(training_set)
     assert np.all(scores.get_array('max_force_deviation') >= 0)
+    calibrated = scores.get_array('calibrated_uncertainty')  # eV/Å, conformal on the 2 validation configurations
+    assert calibrated.shape == (len(pool),) and np.all(calibrated > 0)
     assert set(results['stops']['walkers']) == {'0', '1'}
 
 

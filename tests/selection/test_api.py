@@ -48,3 +48,29 @@ def test_errors(features):
         select('maxdist', 60, pool_features=pool, train_features=train)
     with pytest.raises(ValueError, match='kpu_trained'):
         select('alkpu', 2, scores={'kpu': np.ones(3)})
+
+
+def test_calibrated_threshold_splits_accurate_from_uncertain(features):
+    pool, train = features
+    calibrated = np.linspace(0.0, 0.49, 50)  # eV/Å; 15 candidates at most 0.15
+    result = select(
+        'lcmd',
+        5,
+        pool_features=pool,
+        train_features=train,
+        scores={'calibrated_uncertainty': calibrated},
+        uncertain_above=0.15,
+    )
+    assert (result.n_accurate, result.n_candidate) == (16, 34)
+    assert np.all(calibrated[result.indices] > 0.15)
+    nothing_left = select(
+        'lcmd',
+        5,
+        pool_features=pool,
+        train_features=train,
+        scores={'calibrated_uncertainty': np.zeros(50)},
+        uncertain_above=0.15,
+    )
+    assert nothing_left.indices.size == 0 and nothing_left.n_accurate == 50
+    with pytest.raises(ValueError, match='calibrated_uncertainty'):
+        select('lcmd', 5, pool_features=pool, train_features=train, uncertain_above=0.15)
