@@ -52,6 +52,7 @@ STATUS_COLUMNS = (
     'trained on',
     'set size',
     'F RMSE (meV/Å)',
+    'test F RMSE',
 )
 REPORT_COLUMNS = ('Round', 'Temperature', 'Steps', 'Maximum', 'Reliable', 'Selected', 'Discarded')
 MAPPING_NOTE = (
@@ -143,6 +144,7 @@ def status_table(rows: list[dict[str, Any]]) -> str:
                 _cell(trained_on),
                 _cell(row.get('dataset_size')),
                 _cell(_force_rmse_mev(row), '{:.1f}'),
+                _cell(None if row.get('test_forces_rmse') is None else 1e3 * row['test_forces_rmse'], '{:.1f}'),
             ]
         )
     return format_table(STATUS_COLUMNS, cells)

@@ -103,6 +103,31 @@ def demo_structures(fast: bool) -> list:
     return structures
 
 
+def demo_test_structures(fast: bool, count: int, temperature: float = 900.0) -> list:
+    """Held-out test frames: ASE EMT molecular dynamics (Langevin, 5 fs) of the demo element at ``temperature`` K.
+
+    EMT only drives the MD that produces the geometries; for the pw.x demo the frames are then labelled by pw.x.
+    """
+    import numpy as np
+    from ase import units
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms = bulk('Cu', 'fcc', a=3.61, cubic=True) * (2, 2, 2) if fast else bulk('Al', 'fcc', a=4.04, cubic=True)
+    atoms.calc = EMT()
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(11))
+    dynamics = Langevin(atoms, 5 * units.fs, temperature_K=temperature, friction=0.02, rng=np.random.default_rng(12))
+    frames = []
+    for _ in range(count):
+        dynamics.run(40)
+        frame = atoms.copy()
+        frame.calc = None
+        frames.append(frame)
+    return frames
+
+
 def run_demo(fast: bool = False, echo=click.echo, setup: bool = True, max_rounds: int | None = None):
     """An active-learning campaign on the embedded profile (see ``alkit demo --help``); returns the work chain node.
 
@@ -142,13 +167,20 @@ def run_demo(fast: bool = False, echo=click.echo, setup: bool = True, max_rounds
     overrides = {
         'max_rounds': max_rounds or 3,
         'schedule': {'temperatures': [300, 600, 900]},
-        'train': {'parameters': {'training': {'epochs': 60, 'batch_size': 4}, 'num_threads': 1}},
+        'train': {
+            'parameters': {
+                'model': {'hidden_widths': [32, 32]},
+                'training': {'epochs': 200, 'batch_size': 4, 'patience': 60},
+                'num_threads': 1,
+            }
+        },
         'explore': {'parameters': {'walkers': 2, 'steps': 60, 'sample_every': 5, 'num_threads': 1}},
         'select': {'parameters': {'batch_size': 4}},
     }
     builder = ActiveLearningWorkChain.get_builder_from_protocol(
         code, initial, protocol='fast', strategy='gradient', overrides=overrides, label=label
     )
+    builder.test_dataset = _label_test_set(demo_test_structures(fast, 8 if fast else 3), builder, echo)
     builder.metadata.label = 'alkit demo (EMT Cu)' if fast else 'alkit demo (pw.x Al)'
     echo(
         f'Starting the campaign: {"EMT copper" if fast else "aluminium with pw.x"}, strategy gradient, '
@@ -161,6 +193,22 @@ def run_demo(fast: bool = False, echo=click.echo, setup: bool = True, max_rounds
         f'{time.perf_counter() - start:.0f} s'
     )
     return node
+
+
+def _label_test_set(structures: list, builder, echo) -> object:
+    """Label the held-out frames with the campaign's own label settings (EMT or pw.x) into a test DatasetData."""
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_alkit.workflows.label import LabelWorkChain
+
+    echo(f"Labelling {len(structures)} held-out test frames (EMT MD at 900 K) with the campaign's label settings")
+    inputs = {key: builder.label[key] for key in builder.label}
+    picks = {f'test_{k:02d}': orm.StructureData(ase=atoms) for k, atoms in enumerate(structures)}
+    _, node = run_get_node(LabelWorkChain, structures=picks, **inputs)
+    if 'labelled' not in node.outputs:
+        raise RuntimeError(f'labelling the test set failed: LabelWorkChain<{node.pk}> {node.exit_message}')
+    return node.outputs.labelled
 
 
 def print_campaign_summary(node, echo=click.echo, plot: str | None = None) -> None:

@@ -48,15 +48,15 @@ def test_tables_on_made_up_rows():
     status = status_table(ROWS)
     header, rule, first, second = status.splitlines()
     assert header.split('  ')[0] == 'round' and set(rule) <= {'-', ' '}
-    assert first.split() == ['1', '500', '30000', '3000', '1710/1289/1', '100', '99', '1', '500', '599', '123.4']
-    assert second.split() == ['2', '800', '30000', '3000', '2422/577/1', '100', '100', '0', '599', '699', '56.7']
+    assert first.split()[:11] == ['1', '500', '30000', '3000', '1710/1289/1', '100', '99', '1', '500', '599', '123.4']
+    assert second.split()[:11] == ['2', '800', '30000', '3000', '2422/577/1', '100', '100', '0', '599', '699', '56.7']
     assert discarded(ROWS[0]) == 2 and discarded(ROWS[1]) == 1 and discarded({'round': 3}) is None
     report = report_table(ROWS, 100).splitlines()
     assert report[0].split() == ['Round', 'Temperature', 'Steps', 'Maximum', 'Reliable', 'Selected', 'Discarded']
     assert report[2].split() == ['1', '500K', '30000', '100', '1710', '100', '2']
     partial = status_table([{'round': 3, 'temperature_K': 900.0}]).splitlines()[2].split()
     assert partial[:2] == ['3', '900'] and set(partial[2:]) == {'-'}
-    assert len(STATUS_COLUMNS) == 11 and len(REPORT_COLUMNS) == 7
+    assert len(STATUS_COLUMNS) == 12 and len(REPORT_COLUMNS) == 7
 
 
 def test_plot_on_made_up_rows(tmp_path):
@@ -109,6 +109,7 @@ def test_status(campaign):
             str(trained_on),
             str(row['dataset_size']),
             f'{row["metrics"]["valid_forces_rmse_ev_per_ang"] * 1e3:.1f}',
+            '-',  # no test set in this campaign
         ]
         assert cells == expected
         trained_on = row['dataset_size']
