@@ -8,40 +8,30 @@ unphysical individually are already dropped by the MD driver and never need a re
 from __future__ import annotations
 
 from aiida import orm
-from aiida.common import AttributeDict
-from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
+from aiida.engine import ProcessHandlerReport, process_handler
 
 from aiida_alkit.calculations.explore import ExploreCalculation
+from aiida_alkit.workflows.restart import AlkitRestartWorkChain
 
 __all__ = ['ExploreWorkChain']
 
 
-class ExploreWorkChain(BaseRestartWorkChain):
+class ExploreWorkChain(AlkitRestartWorkChain):
     """Explore; halve the timestep when all walkers blew up at once."""
 
     _process_class = ExploreCalculation
+    _namespace = 'explore'
 
     @classmethod
     def define(cls, spec):
         super().define(spec)
-        spec.expose_inputs(ExploreCalculation, namespace='explore')
         spec.input(
             'min_timestep_fs',
             valid_type=orm.Float,
             default=lambda: orm.Float(0.25),
             help='Do not halve the MD timestep below this (fs).',
         )
-        spec.outline(
-            cls.setup,
-            while_(cls.should_run_process)(cls.run_process, cls.inspect_process),
-            cls.results,
-        )
-        spec.expose_outputs(ExploreCalculation)
         spec.exit_code(401, 'ERROR_TIMESTEP_TOO_SMALL', message='Walkers blew up even at the smallest timestep.')
-
-    def setup(self):
-        super().setup()
-        self.ctx.inputs = AttributeDict(self.exposed_inputs(ExploreCalculation, 'explore'))
 
     @process_handler(priority=500, exit_codes=[ExploreCalculation.exit_codes.ERROR_EMPTY_POOL])
     def handle_empty_pool(self, node):

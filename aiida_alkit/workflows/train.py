@@ -8,43 +8,33 @@ and trains again from scratch; a job killed at its walltime restarts from the ch
 from __future__ import annotations
 
 from aiida import orm
-from aiida.common import AttributeDict
-from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
+from aiida.engine import ProcessHandlerReport, process_handler
 
 from aiida_alkit.calculations.train import TrainCalculation
 from aiida_alkit.models.gmnn import PAPER_LEARNING_RATES
+from aiida_alkit.workflows.restart import AlkitRestartWorkChain
 
 __all__ = ['TrainWorkChain']
 
 
-class TrainWorkChain(BaseRestartWorkChain):
+class TrainWorkChain(AlkitRestartWorkChain):
     """Train a potential; recover from a diverged loss or an exhausted walltime."""
 
     _process_class = TrainCalculation
+    _namespace = 'train'
 
     @classmethod
     def define(cls, spec):
         super().define(spec)
-        spec.expose_inputs(TrainCalculation, namespace='train')
         spec.input(
             'lr_reduction',
             valid_type=orm.Float,
             default=lambda: orm.Float(0.1),
             help='Factor applied to every learning rate after a diverged training run.',
         )
-        spec.outline(
-            cls.setup,
-            while_(cls.should_run_process)(cls.run_process, cls.inspect_process),
-            cls.results,
-        )
-        spec.expose_outputs(TrainCalculation)
         spec.exit_code(
             401, 'ERROR_UNRECOVERABLE_FAILURE', message='The train job failed in a way no handler can recover from.'
         )
-
-    def setup(self):
-        super().setup()
-        self.ctx.inputs = AttributeDict(self.exposed_inputs(TrainCalculation, 'train'))
 
     @process_handler(priority=500, exit_codes=[TrainCalculation.exit_codes.ERROR_TRAINING_DIVERGED])
     def handle_diverged(self, node):
