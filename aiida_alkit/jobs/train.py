@@ -113,8 +113,7 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
             committee, results = train_committee(committee, train, valid, training)
             committee.save(folder / POTENTIAL_FILE)
             history = [result.to_dict() for result in results]
-            errors = [_errors(member, valid) for member in committee.members]
-            return _finish(folder, history, {'valid_members': errors, 'train': None})
+            return _finish(folder, history, _split_errors(committee, folder, train, valid))
         model = GMNN.load(folder / INITIAL_FILE, device=device) if (folder / INITIAL_FILE).is_file() else None
         epochs_done = 0
         if model is not None:
@@ -172,9 +171,13 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     except TrainingDivergedError as exc:
         return {'status': 'diverged', 'error_message': str(exc), 'epoch': exc.epoch}
     model.save(folder / POTENTIAL_FILE, extras=extras)
+    return _finish(folder, history, _split_errors(model, folder, train, valid), extras)
+
+
+def _split_errors(model, folder: pathlib.Path, train, valid) -> dict[str, Any]:
+    """Errors of a model (or of a committee's mean prediction) on the training, validation and test sets."""
     test = ConfigurationArrays.load(folder / TEST_FILE) if (folder / TEST_FILE).is_file() else None
-    errors = {'train': _errors(model, train), 'valid': _errors(model, valid), 'test': _errors(model, test)}
-    return _finish(folder, history, errors, extras)
+    return {'train': _errors(model, train), 'valid': _errors(model, valid), 'test': _errors(model, test)}
 
 
 def _finish(folder: pathlib.Path, history: Any, errors: dict[str, Any], extras: dict[str, Any] | None = None):

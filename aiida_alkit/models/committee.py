@@ -133,7 +133,11 @@ class Committee(nn.Module):
             result['stress_std'] = stresses.std(dim=0, unbiased=False)
         return result
 
-    def forward(self, batch: Batch, compute_forces: bool = True, compute_stress: bool = False) -> dict[str, Any]:
+    def forward(
+        self, batch: Batch, compute_forces: bool = True, compute_stress: bool = False, training: bool = False
+    ) -> dict[str, Any]:
+        """Member means (and spreads), with the signature of ``GMNN.forward`` so that committees can be evaluated
+        like single models (``training`` is accepted for that and ignored: the outputs are detached)."""
         return self.predict(batch, compute_forces=compute_forces, compute_stress=compute_stress)
 
     # ------------------------------------------------------------------ persistence

@@ -72,6 +72,7 @@ def test_committee(alkit_python_code, training_set, tmp_path):
     results, node = _run(alkit_python_code, training_set, parameters)
     assert node.exit_status == 0, node.exit_message
     assert results['potential'].model_kind == 'gmnn-committee'
+    assert results['potential'].metrics['valid_forces_rmse_ev_per_ang'] > 0  # errors of the committee mean
     assert len(Committee.load(_export(results['potential'], tmp_path)).members) == 2
 
 
