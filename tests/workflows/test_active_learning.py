@@ -9,6 +9,7 @@ from aiida.plugins import WorkflowFactory
 from ase.build import bulk
 
 from aiida_alkit.data import DatasetData
+from aiida_alkit.workflows.labelling import deep_merge
 
 from ..conftest import label_with_emt
 
@@ -132,3 +133,30 @@ def test_campaign_round_with_pw_labels(alkit_python_code):
     assert dataset.labels == ['energy', 'forces', 'stress']
     launched = [n for n in node.called_descendants if n.process_label == 'PwCalculation']
     assert len(launched) == 4  # two initial structures and two picks, each a real pw.x run
+
+
+@pytest.mark.campaign
+@pytest.mark.parametrize('strategy', ['alkpu', 'hal', 'dopt', 'random'])
+def test_one_round_of_every_other_strategy(alkit_python_code, strategy):
+    overrides = {**TINY_OVERRIDES, 'max_rounds': 1}
+    if strategy == 'alkpu':  # RLEKF on the tiny model: one epoch, small blocks
+        overrides = deep_merge(overrides, {'train': {'parameters': {'rlekf': {'epochs': 1, 'block_size': 64}}}})
+    builder = ActiveLearningWorkChain.get_builder_from_protocol(
+        alkit_python_code,
+        _copper(4, labelled=True),
+        protocol='fast',
+        strategy=strategy,
+        overrides=overrides,
+        label=_emt(alkit_python_code),
+    )
+    if strategy == 'alkpu':  # open the KPU window wide: this test checks the plumbing, not the thresholds
+        builder.select.parameters = orm.Dict({**builder.select.parameters.get_dict(), 'c0': 0.0, 'c1': 1e9})
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    (entry,) = results['report']['rounds']
+    assert entry['explored'] > 0
+    assert entry['selected'] >= 1
+    assert entry['labelled'] == entry['selected'] - entry['failed_labels']
+    select = next(n for n in node.called_descendants if getattr(n, 'process_label', '') == 'select_candidates')
+    expected = {'alkpu': 'alkpu', 'hal': 'maxdet', 'dopt': 'maxvol', 'random': 'random'}[strategy]
+    assert select.outputs.selection.base.attributes.get('method') == expected
