@@ -54,6 +54,7 @@ __all__ = [
     'differentiable_atomic_features',
     'fit_atom_calibrator',
     'network_signals',
+    'structure_force_features',
 ]
 
 #: Aggregations of the gradient-feature term into a structure uncertainty.
@@ -452,6 +453,23 @@ class CalibratedTerm:
         structure, atoms = self.term.evaluate(data, batch_size)
         structure = structure * self.scale if self.scale_structure else structure
         return structure, None if atoms is None else atoms * self.scale
+
+
+def structure_force_features(model: GMNN, atoms: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Last-layer atomic features φ_i (N, d) and force features ``-d(Σ_i φ_i)/dr`` (N, 3, d) of one structure.
+
+    The force rows of HAL's Bayesian-ridge fit (seeds/002 eq. 18-19): the force of a linear model ``c·Σ_i φ_i`` is
+    ``force_features @ c``. Computed by automatic differentiation, one backward pass per feature (d passes).
+    """
+    feature_map = GradientFeatureMap(model, kind='last_layer')
+    batch = model.make_batch([atoms])
+
+    def total(positions: torch.Tensor) -> torch.Tensor:
+        return differentiable_atomic_features(feature_map, model.descriptors(batch, positions), batch.species).sum(0)
+
+    jacobian = torch.autograd.functional.jacobian(total, batch.positions.detach().clone())  # (d, N, 3)
+    atomic = differentiable_atomic_features(feature_map, model.descriptors(batch), batch.species).detach()
+    return atomic.cpu().numpy(), -jacobian.permute(1, 2, 0).cpu().numpy()
 
 
 def calibrated(term: Any, calibrator: ConformalCalibrator, scale_structure: bool = False) -> CalibratedTerm:

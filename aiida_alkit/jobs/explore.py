@@ -150,8 +150,8 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
 
 def _bias_term(kind: str, bias: dict[str, Any], members: list, train: ConfigurationArrays | None):
     """The uncertainty u of E_bias = E - τu: committee σ (seed 002 eq. 5 on a model committee), gradient-feature
-    posterior (seed 003) or HAL's Bayesian-ridge σ̃ on last-layer features (seed 002; fitted here on the training
-    energies only)."""
+    posterior (seed 003) or HAL's Bayesian-ridge σ̃ on last-layer features (seed 002; fitted on the training
+    energies and, for at most ``bias.force_structures`` (50) configurations, their forces, eq. 18-19)."""
     from aiida_alkit.exploration.bias import CommitteeUncertainty
 
     if kind == 'none':
@@ -169,12 +169,34 @@ def _bias_term(kind: str, bias: dict[str, Any], members: list, train: Configurat
     model = members[0]
     if kind == 'gradient':
         return GradientFeatureUncertainty.from_data(model, train, kind='posterior', dim=int(bias.get('dim', 256)))
+    from aiida_alkit.exploration.terms import structure_force_features
     from aiida_alkit.uncertainty.features import compute_features
     from aiida_alkit.uncertainty.hal import BayesianRidge, build_design_matrix
 
-    features = compute_features(model, train, kind='last_layer', per_atom=False)
-    design, targets = build_design_matrix(np.asarray(features.structure), train.energy)
+    features = np.asarray(compute_features(model, train, kind='last_layer', per_atom=False).structure)
+    if train.forces is None:
+        design, targets = build_design_matrix(features, train.energy)
+    else:  # the force rows of eq. 18-19, for at most `force_structures` configurations (d backward passes each)
+        chosen = np.arange(min(len(train), int(bias.get('force_structures', 50))))
+        structures = [train.get_atoms(int(i)) for i in chosen]
+        force_features = [structure_force_features(model, atoms)[1] for atoms in structures]
+        design, targets = _hal_design(features, train, chosen, force_features, [a.get_forces() for a in structures])
     return HALUncertainty(model, BayesianRidge().fit(design, targets), atom_quantity=None)
+
+
+def _hal_design(features, train, chosen, force_features, forces):
+    """Energy rows of every training configuration plus force rows of the ``chosen`` ones."""
+    from aiida_alkit.uncertainty.hal import build_design_matrix
+
+    energy_design, energy_targets = build_design_matrix(features, train.energy)
+    force_design, force_targets = build_design_matrix(
+        features[chosen], train.energy[chosen], force_features=force_features, forces=forces
+    )
+    n_energy_rows = len(chosen)  # build_design_matrix puts the energy rows first
+    return (
+        np.concatenate([energy_design, force_design[n_energy_rows:]]),
+        np.concatenate([energy_targets, force_targets[n_energy_rows:]]),
+    )
 
 
 def _scores(model, members, arrays, train, parameters, folder) -> dict[str, np.ndarray]:

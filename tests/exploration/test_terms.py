@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from aiida_alkit.exploration.bias import AdaptiveStrength, BiasedPotential, UncertaintyTerm
 from aiida_alkit.exploration.dynamics import BatchedMD, HALStop, UncertaintyThreshold, WalkerSystem
@@ -16,6 +15,7 @@ from aiida_alkit.exploration.terms import (
     calibrated,
     differentiable_atomic_features,
     fit_atom_calibrator,
+    structure_force_features,
 )
 from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
 from aiida_alkit.uncertainty.features import GradientFeatureMap, compute_features
@@ -112,20 +112,6 @@ def test_gradient_term_from_training_features_and_data(model, training, feature_
         GradientFeatureUncertainty(model, features, per_atom=False, feature_map=feature_map)
 
 
-def _force_features(model, atoms) -> tuple[np.ndarray, np.ndarray]:
-    """Last-layer atomic features (N, d) and force features -d(Σ_i φ_i)/dr (N, 3, d) of one structure (autograd)."""
-    fmap = GradientFeatureMap(model, kind='last_layer')
-    batch = model.make_batch([atoms])
-
-    def total(positions):
-        return differentiable_atomic_features(fmap, model.descriptors(batch, positions), batch.species).sum(0)
-
-    positions = batch.positions.detach().clone()
-    jacobian = torch.autograd.functional.jacobian(total, positions)  # (d, N, 3)
-    atomic = differentiable_atomic_features(fmap, model.descriptors(batch), batch.species).detach().numpy()
-    return atomic, -jacobian.permute(1, 2, 0).numpy()
-
-
 def test_hal_term_equals_bayesian_ridge(model, ridge, copper_cells):
     term = HALUncertainty(model, ridge)
     assert term.n_members == 8 and isinstance(term, UncertaintyTerm)
@@ -139,7 +125,7 @@ def test_hal_term_equals_bayesian_ridge(model, ridge, copper_cells):
     result = potential.evaluate(WalkerSystem.from_atoms(copper_cells))
     offset = 0
     for atoms in copper_cells:
-        atomic, force_features = _force_features(model, atoms)
+        atomic, force_features = structure_force_features(model, atoms)
         reference = ridge.evaluate(atomic, force_features)
         part = slice(offset, offset + len(atoms))
         np.testing.assert_allclose(f[part], reference.f, rtol=1e-8, atol=1e-12)
