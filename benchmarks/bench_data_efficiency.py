@@ -56,18 +56,10 @@ def log(message: str) -> None:
 def label_emt(atoms):
     """A copy of ``atoms`` with EMT energy, forces and stress on a SinglePointCalculator."""
     from ase.calculators.emt import EMT
-    from ase.calculators.singlepoint import SinglePointCalculator
 
-    atoms = atoms.copy()
-    atoms.set_constraint()
-    atoms.calc = EMT()
-    results = {
-        'energy': atoms.get_potential_energy(),
-        'forces': atoms.get_forces(),
-        'stress': atoms.get_stress(voigt=False),
-    }
-    atoms.calc = SinglePointCalculator(atoms, **results)
-    return atoms
+    from aiida_alkit.exploration.reference import with_labels
+
+    return with_labels(atoms, EMT)
 
 
 def copper_cell(isotropic_strain: float):
@@ -91,37 +83,14 @@ def initial_configurations(n: int, seed: int) -> list[Any]:
 
 def md_frames(temperature: float, n_frames: int, seed: int, strain: float, equilibration: int) -> list[Any]:
     """Labelled frames of one Langevin EMT walker (its own strained cell, velocities and seed)."""
-    from ase import units
     from ase.calculators.emt import EMT
-    from ase.constraints import FixCom
-    from ase.md import velocitydistribution
-    from ase.md.langevin import Langevin
 
-    rng = np.random.default_rng(seed)
-    atoms = copper_cell(strain)
-    atoms.calc = EMT()
-    atoms.set_constraint(FixCom())
-    thermalize = getattr(velocitydistribution, 'thermalize_momenta', None)  # ASE >= 3.29
-    if thermalize is None:
-        velocitydistribution.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-    else:
-        thermalize(atoms, temperature, rng=rng)
-    dynamics = Langevin(
-        atoms,
-        TIMESTEP_FS * units.fs,
-        temperature_K=temperature,
-        friction=FRICTION_PER_FS / units.fs,
-        fixcm=False,
-        rng=rng,
-    )
-    dynamics.run(equilibration)
-    frames = []
-    for _ in range(n_frames):
-        dynamics.run(FRAME_INTERVAL)
-        frame = label_emt(atoms)
-        frame.info.update(temperature=float(temperature), walker_seed=int(seed))
-        frames.append(frame)
-    return frames
+    from aiida_alkit.exploration.reference import langevin_frames
+
+    return langevin_frames(
+        copper_cell(strain), EMT, temperature, n_frames, FRAME_INTERVAL, seed, equilibration,
+        timestep_fs=TIMESTEP_FS, friction_per_fs=FRICTION_PER_FS,
+    )  # fmt: skip
 
 
 def test_configurations(

@@ -106,26 +106,15 @@ def demo_structures(fast: bool) -> list:
 def demo_test_structures(fast: bool, count: int, temperature: float = 900.0) -> list:
     """Held-out test frames: ASE EMT molecular dynamics (Langevin, 5 fs) of the demo element at ``temperature`` K.
 
-    EMT only drives the MD that produces the geometries; for the pw.x demo the frames are then labelled by pw.x.
+    EMT only drives the MD that produces the geometries; the frames are labelled like the picks (EMT or pw.x).
     """
-    import numpy as np
-    from ase import units
     from ase.build import bulk
     from ase.calculators.emt import EMT
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    from aiida_alkit.exploration.reference import langevin_frames
 
     atoms = bulk('Cu', 'fcc', a=3.61, cubic=True) * (2, 2, 2) if fast else bulk('Al', 'fcc', a=4.04, cubic=True)
-    atoms.calc = EMT()
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(11))
-    dynamics = Langevin(atoms, 5 * units.fs, temperature_K=temperature, friction=0.02, rng=np.random.default_rng(12))
-    frames = []
-    for _ in range(count):
-        dynamics.run(40)
-        frame = atoms.copy()
-        frame.calc = None
-        frames.append(frame)
-    return frames
+    return langevin_frames(atoms, EMT, temperature, n_frames=count, interval=40, seed=11, labelled=False)
 
 
 def run_demo(fast: bool = False, echo=click.echo, setup: bool = True, max_rounds: int | None = None):
