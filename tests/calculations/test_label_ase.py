@@ -58,6 +58,7 @@ def test_every_label_failed(alkit_python_code):
     assert results['failures']['n_failed'] == 2  # the failure record is kept in the graph
 
 
+@pytest.mark.faults
 def test_disallowed_calculator_is_refused(alkit_python_code):
     with pytest.raises(ValueError, match='not allowed'):
         _run(alkit_python_code, _dataset(1), calculator='subprocess.Popen')

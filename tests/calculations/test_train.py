@@ -76,6 +76,7 @@ def test_committee(alkit_python_code, training_set, tmp_path):
     assert len(Committee.load(_export(results['potential'], tmp_path)).members) == 2
 
 
+@pytest.mark.faults
 def test_divergence_has_its_exit_code(alkit_python_code, training_set):
     rates = {'nn': 1e12, 'representation': 1e12, 'shift': 1e12, 'scale': 1e12}
     parameters = {'model': TINY, 'training': {'epochs': 5, 'batch_size': 2, 'learning_rates': rates}}

@@ -27,6 +27,7 @@ def test_store_and_load(aiida_profile, tmp_path):
     assert (tmp_path / 'copy.pt').read_bytes() == path.read_bytes()
 
 
+@pytest.mark.faults
 def test_corrupt_file_is_refused(tmp_path):
     path = tmp_path / 'broken.pt'
     path.write_bytes(b'garbage')

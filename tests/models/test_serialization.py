@@ -33,6 +33,7 @@ def test_round_trip_is_bit_identical(potential_file):
     assert torch.equal(content.extras['rlekf.P0'], torch.eye(3))
 
 
+@pytest.mark.faults
 def test_truncated_file(potential_file):
     path, _ = potential_file
     data = path.read_bytes()
@@ -53,6 +54,7 @@ class _Payload:
         return (print, ('pickle code ran',))
 
 
+@pytest.mark.faults
 def test_pickled_objects_are_refused(tmp_path, capsys):
     path = tmp_path / 'evil.pt'
     torch.save({'format': 'aiida-alkit-potential', 'evil': _Payload()}, path)

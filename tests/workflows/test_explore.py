@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from aiida import orm
 from aiida.engine import run_get_node
 from aiida.plugins import WorkflowFactory
@@ -12,6 +13,7 @@ from ..calculations.test_train import training_set  # noqa: F401  (fixture)
 ExploreWorkChain = WorkflowFactory('alkit.explore')
 
 
+@pytest.mark.faults
 def test_blow_up_is_retried_with_a_smaller_timestep(alkit_python_code, single_potential, training_set):  # noqa: F811
     parameters = {
         'walkers': 2,

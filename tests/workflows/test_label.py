@@ -78,6 +78,7 @@ def test_pw_engine_in_waves_with_a_rejected_label(pw_code):
 
 
 @pytest.mark.pwx
+@pytest.mark.faults
 def test_pw_failure_is_recorded(pw_code):
     overrides = {
         'kpoints_distance': 0.5,

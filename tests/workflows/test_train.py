@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from aiida import orm
 from aiida.engine import run_get_node
 from aiida.plugins import WorkflowFactory
@@ -19,6 +20,7 @@ from ..conftest import label_with_emt
 TrainWorkChain = WorkflowFactory('alkit.train')
 
 
+@pytest.mark.faults
 def test_diverged_training_is_retried_with_lower_learning_rates(alkit_python_code, training_set):  # noqa: F811
     rates = {'nn': 1e10, 'representation': 1e10, 'shift': 1e10, 'scale': 1e10}
     parameters = {
