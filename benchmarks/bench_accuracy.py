@@ -81,13 +81,10 @@ def run_walker(
     traceless symmetric strain (components of 0.5 % standard deviation; it changes the shape, not the volume, to
     first order).
     """
-    from ase import units
     from ase.build import bulk
     from ase.calculators.emt import EMT
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.constraints import FixCom
-    from ase.md import velocitydistribution
-    from ase.md.langevin import Langevin
+
+    from aiida_alkit.exploration.reference import langevin_frames
 
     rng = np.random.default_rng(seed)
     atoms = bulk('Cu', 'fcc', a=LATTICE, cubic=True) * (2, 2, 2)
@@ -95,37 +92,11 @@ def run_walker(
     shape = 0.5 * (random + random.T)
     strain = np.eye(3) * isotropic_strain + shape - np.eye(3) * np.trace(shape) / 3.0
     atoms.set_cell(atoms.cell[:] @ (np.eye(3) + strain), scale_atoms=True)
-    atoms.calc = EMT()
-    atoms.set_constraint(FixCom())
-    thermalize = getattr(velocitydistribution, 'thermalize_momenta', None)  # ASE >= 3.29
-    if thermalize is None:
-        velocitydistribution.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-    else:
-        thermalize(atoms, temperature, rng=rng)
-    dynamics = Langevin(
-        atoms,
-        TIMESTEP_FS * units.fs,
-        temperature_K=temperature,
-        friction=FRICTION_PER_FS / units.fs,
-        fixcm=False,
-        rng=rng,
-    )
-    dynamics.run(equilibration)
-    frames = []
-    for _ in range(n_frames):
-        dynamics.run(interval)
-        frame = atoms.copy()
-        frame.set_constraint()
-        frame.calc = EMT()  # unconstrained labels
-        results = {
-            'energy': frame.get_potential_energy(),
-            'forces': frame.get_forces(),
-            'stress': frame.get_stress(voigt=False),
-        }
-        frame.calc = SinglePointCalculator(frame, **results)
-        frame.info.update(temperature=float(temperature), walker_seed=int(seed))
-        frames.append(frame)
-    return frames
+    # the MD continues the walker's random stream after the strain draw, as in the run reported in the issue note
+    return langevin_frames(
+        atoms, EMT, temperature, n_frames, interval, seed, equilibration,
+        timestep_fs=TIMESTEP_FS, friction_per_fs=FRICTION_PER_FS, rng=rng,
+    )  # fmt: skip
 
 
 def generate_data(quick: bool, n_train: int, n_test: int, equilibration: int, seed: int = 0) -> dict[str, Any]:

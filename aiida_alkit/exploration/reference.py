@@ -40,18 +40,21 @@ def langevin_frames(
     timestep_fs: float = 5.0,
     friction_per_fs: float = 0.02,
     labelled: bool = True,
+    rng: np.random.Generator | None = None,
 ) -> list[Any]:
     """Frames of one Langevin walker (ASE) at ``temperature`` K, one every ``interval`` steps after
     ``equilibration`` steps; the centre of mass is fixed; seeded velocities and noise.
 
     :param labelled: attach the reference labels (:func:`with_labels`); otherwise bare geometries.
+    :param rng: random stream of the velocities and the Langevin noise (default: a new one seeded with ``seed``),
+        for callers that drew from the same stream before (e.g. a random cell strain).
     """
     from ase import units
     from ase.constraints import FixCom
     from ase.md import velocitydistribution
     from ase.md.langevin import Langevin
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed) if rng is None else rng
     atoms = atoms.copy()
     atoms.calc = calculator_factory()
     atoms.set_constraint(FixCom())

@@ -18,6 +18,8 @@ from aiida_alkit.exploration.bias import (
 )
 from aiida_alkit.exploration.dynamics import WalkerSystem
 
+from .toys import strained
+
 
 def _u_and_e(potential: BiasedPotential, system: WalkerSystem) -> tuple[np.ndarray, np.ndarray]:
     result = potential.evaluate(system, forces=False, update_strength=False)
@@ -47,18 +49,6 @@ def test_bias_forces_are_minus_finite_differences_of_minus_tau_u(tiny_committee,
             assert result.forces[atom, axis] == pytest.approx(-de, rel=1e-5, abs=1e-8)
 
 
-def _strained(system: WalkerSystem, row: int, a: int, b: int, h: float) -> WalkerSystem:
-    out = system.copy()
-    strain = np.eye(3)
-    strain[a, b] += h
-    if a != b:
-        strain[b, a] += h
-    part = out.atoms_slice(row)
-    out.positions[part] = out.positions[part] @ strain
-    out.cells[row] = out.cells[row] @ strain
-    return out
-
-
 def test_bias_stress_is_the_strain_derivative_of_u(tiny_committee, copper_cells):
     """σ^bias = -(τ_s/V) ∂u/∂ε (seeds/003 eq. 7) and σ = (1/V) ∂E/∂ε, by central differences of a symmetric strain."""
     tau_s = 0.3
@@ -71,8 +61,8 @@ def test_bias_stress_is_the_strain_derivative_of_u(tiny_committee, copper_cells)
     for row in range(system.n_structures):
         for a, b in ((0, 0), (1, 1), (0, 1), (1, 2)):
             (u_p, e_p), (u_m, e_m) = (
-                _u_and_e(potential, _strained(system, row, a, b, h)),
-                _u_and_e(potential, _strained(system, row, a, b, -h)),
+                _u_and_e(potential, strained(system, row, a, b, h)),
+                _u_and_e(potential, strained(system, row, a, b, -h)),
             )
             factor = 1.0 if a == b else 0.5  # ε_ab = ε_ba = h moves both symmetric components
             du = factor * (u_p[row] - u_m[row]) / (2 * h)

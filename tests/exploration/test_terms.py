@@ -22,6 +22,8 @@ from aiida_alkit.uncertainty.features import GradientFeatureMap, compute_feature
 from aiida_alkit.uncertainty.gp import GradientUncertainty
 from aiida_alkit.uncertainty.hal import BayesianRidge, build_design_matrix
 
+from .toys import strained
+
 
 def _cells(seed: int, count: int, amplitude: float = 0.1) -> list:
     from ase.build import bulk
@@ -162,18 +164,6 @@ def test_bias_forces_are_tau_times_finite_differences(model, training, feature_m
             assert result.bias_forces[atom, axis] == pytest.approx(tau * du, rel=1e-5, abs=1e-9)
 
 
-def _strained(system: WalkerSystem, row: int, a: int, b: int, h: float) -> WalkerSystem:
-    out = system.copy()
-    strain = np.eye(3)
-    strain[a, b] += h
-    if a != b:
-        strain[b, a] += h
-    part = out.atoms_slice(row)
-    out.positions[part] = out.positions[part] @ strain
-    out.cells[row] = out.cells[row] @ strain
-    return out
-
-
 @pytest.mark.parametrize('name', ['posterior', 'hal'])
 def test_bias_stress_is_the_strain_derivative_of_u(model, training, feature_map, ridge, copper_cells, name):
     """σ^bias = -(τ_s/V) ∂u/∂ε (seeds/003 eq. 7), central differences of a symmetric strain."""
@@ -188,7 +178,7 @@ def test_bias_stress_is_the_strain_derivative_of_u(model, training, feature_map,
     for row in range(system.n_structures):
         for a, b in ((0, 0), (2, 2), (0, 1)):
             factor = 1.0 if a == b else 0.5
-            du_p, du_m = _u(potential, _strained(system, row, a, b, h)), _u(potential, _strained(system, row, a, b, -h))
+            du_p, du_m = _u(potential, strained(system, row, a, b, h)), _u(potential, strained(system, row, a, b, -h))
             du = factor * (du_p[row] - du_m[row]) / (2 * h)
             assert result.bias_stress[row, a, b] == pytest.approx(-tau_s * du / volumes[row], rel=1e-5, abs=1e-10)
 

@@ -64,3 +64,16 @@ class PlantedPotential(HarmonicPotential):
             if callable(action):
                 action(result, system.structure_index == row, self.evaluations.get(walker, 0))
         return result
+
+
+def strained(system, row: int, a: int, b: int, h: float):
+    """Copy of a ``WalkerSystem`` whose walker ``row`` (atoms and cell) is under the symmetric strain ε_ab = h."""
+    out = system.copy()
+    strain = np.eye(3)
+    strain[a, b] += h
+    if a != b:
+        strain[b, a] += h
+    part = out.atoms_slice(row)
+    out.positions[part] = out.positions[part] @ strain
+    out.cells[row] = out.cells[row] @ strain
+    return out
