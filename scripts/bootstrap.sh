@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shared set-up for scripts/demo.sh and scripts/test.sh: Debian packages (when root), the project-local virtual
-# environment .venv with torch==2.13.0 (CPU wheel) installed first, the package in editable mode with its dev
-# extras, and AIIDA_PATH pointing at the project's embedded AiiDA profile. Safe to run again: every step is skipped
+# environment .venv with torch==2.13.0 (CPU wheel) installed first, the package in editable mode with its dev and
+# docs extras, and AIIDA_PATH pointing at the project's embedded AiiDA profile. Safe to run again: every step is skipped
 # when it is already done.
 set -euo pipefail
 
@@ -37,14 +37,15 @@ fi
 
 # Re-install only when the dependency declaration changed since the last successful install.
 stamp="$VENV/.alkit-installed"
-want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+EXTRAS="dev,docs"
+want="$(printf '%s %s' "$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)" "$EXTRAS")"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
         log "installing torch==$TORCH_VERSION (CPU wheel; install your CUDA build of torch first for GPUs)"
         pip_quiet "torch==$TORCH_VERSION"
     fi
-    log "installing aiida-alkit (editable) with dev extras"
-    pip_quiet -e "$ROOT[dev]"
+    log "installing aiida-alkit (editable) with extras $EXTRAS"
+    pip_quiet -e "$ROOT[$EXTRAS]"
     echo "$want" > "$stamp"
 fi
 

@@ -14,7 +14,12 @@ from aiida_alkit.jobs.train import CHECKPOINT_FILE, DATASET_FILE, INITIAL_FILE, 
 
 __all__ = ['TrainCalculation', 'validate_train_parameters']
 
-_TOP_LEVEL = {'model', 'optimizer', 'training', 'rlekf', 'committee_size', 'kpu', 'device', 'num_threads'}
+_TOP_LEVEL = {
+    'model', 'optimizer', 'training', 'rlekf', 'committee_size', 'kpu', 'device', 'num_threads', 'max_seconds'
+}  # fmt: skip
+#: Share of ``metadata.options.max_wallclock_seconds`` given to the job as its time budget ``max_seconds`` (the rest
+#: is for start-up, the last checkpoint and the final evaluation), as aiida-quantumespresso does for pw.x.
+WALLTIME_FRACTION = 0.9
 
 
 def _field_names(cls) -> set[str]:
@@ -38,6 +43,9 @@ def validate_train_parameters(parameters: dict) -> str | None:
         return f'committee_size must be a positive integer, got {size!r}'
     if size > 1 and optimizer != 'adam':
         return 'a committee (committee_size > 1) is trained with optimizer "adam" only'
+    max_seconds = parameters.get('max_seconds')
+    if max_seconds is not None and (not isinstance(max_seconds, (int, float)) or max_seconds <= 0):
+        return f'max_seconds must be a positive number of seconds, got {max_seconds!r}'
     if parameters.get('device', 'auto') not in ('auto', 'cpu', 'cuda'):
         return f'device must be "auto", "cpu" or "cuda", got {parameters["device"]!r}'
     for key, cls, extra in (
@@ -112,9 +120,19 @@ class TrainCalculation(AlkitJobCalculation):
         spec.output('metrics', valid_type=orm.Dict, help='Final train/validation errors and the training history.')
         spec.exit_code(302, 'ERROR_POTENTIAL_MISSING', message='The job finished but wrote no potential file.')
         spec.exit_code(410, 'ERROR_TRAINING_DIVERGED', message='Training diverged (NaN/inf loss): {error}')
+        spec.exit_code(
+            411,
+            'ERROR_OUT_OF_WALLTIME',
+            message='The job stopped before its walltime ({error}); its checkpoint.pt allows a restart.',
+        )
 
     def job_parameters(self) -> dict:
-        return self.inputs.parameters.get_dict()
+        """The parameters, with ``max_seconds`` = 0.9 x the walltime unless given."""
+        parameters = self.inputs.parameters.get_dict()
+        walltime = self.inputs.metadata.options.get('max_wallclock_seconds')
+        if walltime and 'max_seconds' not in parameters:
+            parameters['max_seconds'] = WALLTIME_FRACTION * walltime
+        return parameters
 
     def job_files(self) -> list[tuple[str, str, str]]:
         files = [(self.inputs.dataset.uuid, DatasetData.FILENAME, DATASET_FILE)]

@@ -12,18 +12,22 @@ labelled test set, evaluated at the end) and
      "committee_size": 1,                            # > 1: a committee of independently initialised models (adam)
      "kpu": {"fraction": 0.5, "max_configurations": 200},   # rlekf: KPU_trained saved with the potential
      "device": "auto" | "cpu" | "cuda",
-     "num_threads": null}
+     "num_threads": null,
+     "max_seconds": null}                            # time budget (s); the CalcJob sets 0.9 x its walltime
 
 Writes ``potential.pt`` (one file; RLEKF's P blocks and KPU_trained in its extras), ``metrics.json`` (final
 train/validation RMSEs: energy per atom in eV/atom, forces in eV/Å, stress in eV/Å³, and the per-epoch history)
 and ``results.json``. A NaN loss is reported as ``status: diverged`` so the restart work chain can lower the
-learning rate and try again.
+learning rate and try again. A single Adam model stops cleanly when the next epoch would overrun ``max_seconds``
+(``status: out_of_walltime``, its ``checkpoint.pt`` kept) so the work chain can resume it in a new job, as pw.x does
+with ``max_seconds``.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import time
 from typing import Any
 
 import numpy as np
@@ -41,6 +45,16 @@ TEST_FILE = 'test.npz'
 #: its ``initial.pt`` continues with the remaining epochs (see ``TrainWorkChain``'s walltime handler).
 CHECKPOINT_FILE = 'checkpoint.pt'
 METRICS_FILE = 'metrics.json'
+#: When this module was imported, i.e. about when the job's Python process started (the time budget counts from here).
+_STARTED = time.monotonic()
+
+
+class WalltimeReached(Exception):
+    """Raised after a checkpoint when another epoch would not fit in the job's time budget."""
+
+    def __init__(self, epochs_done: int, elapsed_s: float):
+        super().__init__(f'stopped after {epochs_done} epochs and {elapsed_s:.0f} s to stay within the time budget')
+        self.epochs_done = epochs_done
 
 
 def split_by_info(arrays: ConfigurationArrays) -> tuple[ConfigurationArrays, ConfigurationArrays | None]:
@@ -129,12 +143,27 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
                 training.fit_shift = False
                 progress(f'resuming from a checkpoint after {epochs_done} epochs: {training.epochs} epochs to go')
 
+            max_seconds = parameters.get('max_seconds')
+            last: dict[str, float] = {}
+
             def checkpoint(line: str) -> None:
-                """Progress line, then the current weights; lines start with 'epoch <n>' (train_adam's format)."""
+                """Progress line, then the current weights; lines start with 'epoch <n>' (train_adam's format).
+
+                Stops (:class:`WalltimeReached`) when one more epoch, estimated as 1.5x the last one including its
+                checkpoint (the first epoch's duration is unknown: it is timed together with the set-up), would end
+                after ``max_seconds``.
+                """
                 progress(line)
                 words = line.split()
                 if len(words) > 1 and words[0] == 'epoch' and words[1].isdigit() and int(words[1]) > 0:
-                    model.save(folder / CHECKPOINT_FILE, extras={'epochs_done': epochs_done + int(words[1])})
+                    done = epochs_done + int(words[1])
+                    model.save(folder / CHECKPOINT_FILE, extras={'epochs_done': done})
+                    now = time.monotonic()
+                    epoch_s = now - last['time'] if 'time' in last else 0.0
+                    last['time'] = now
+                    remaining = training.epochs - int(words[1])
+                    if max_seconds and remaining > 0 and now - _STARTED + 1.5 * epoch_s > float(max_seconds):
+                        raise WalltimeReached(done, now - _STARTED)
 
             training.callback = checkpoint
             training.log_every = 1
@@ -170,6 +199,9 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f'unknown optimizer {optimizer!r}: use "adam" or "rlekf"')
     except TrainingDivergedError as exc:
         return {'status': 'diverged', 'error_message': str(exc), 'epoch': exc.epoch}
+    except WalltimeReached as exc:
+        progress(str(exc))
+        return {'status': 'out_of_walltime', 'error_message': str(exc), 'epochs_done': exc.epochs_done}
     model.save(folder / POTENTIAL_FILE, extras=extras)
     return _finish(folder, history, _split_errors(model, folder, train, valid), extras)
 

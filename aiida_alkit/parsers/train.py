@@ -49,6 +49,8 @@ class TrainParser(AlkitJobParser):
             return problem
         if results.get('status') == 'diverged':
             return self.exit_codes.ERROR_TRAINING_DIVERGED.format(error=results.get('error_message', ''))
+        if results.get('status') == 'out_of_walltime':
+            return self.exit_codes.ERROR_OUT_OF_WALLTIME.format(error=results.get('error_message', ''))
         if 'error' in results:
             return self.exit_codes.ERROR_JOB_FAILED.format(error=results['error'])
         path = self.temporary_file(kwargs, POTENTIAL_FILE)

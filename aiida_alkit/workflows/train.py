@@ -1,8 +1,11 @@
 """`TrainWorkChain` (``alkit.train``): the train CalcJob with automatic recovery.
 
 Handlers (``BaseRestartWorkChain``): a diverged loss (NaN/inf) lowers every learning rate by ``lr_reduction``
-and trains again from scratch; a job killed at its walltime restarts from the checkpoint its work folder holds
-(the remaining epochs, same settings).
+and trains again from scratch; a job that stopped itself before its walltime (``ERROR_OUT_OF_WALLTIME``: a single
+Adam model stops when the next epoch would overrun 0.9 x ``max_wallclock_seconds``) or that the scheduler killed at
+its walltime restarts from the ``checkpoint.pt`` its work folder holds (the remaining epochs, same settings; the
+learning-rate schedule and Adam's moments start afresh). RLEKF and committee jobs write no checkpoint: they are
+restarted from scratch.
 """
 
 from __future__ import annotations
@@ -53,9 +56,20 @@ class TrainWorkChain(AlkitRestartWorkChain):
         )
         return ProcessHandlerReport(do_break=True)
 
-    @process_handler(priority=400, exit_codes=[TrainCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
+    @process_handler(
+        priority=400,
+        exit_codes=[
+            TrainCalculation.exit_codes.ERROR_OUT_OF_WALLTIME,
+            TrainCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME,
+        ],
+    )
     def handle_out_of_walltime(self, node):
-        """Resume from the checkpoint in the killed job's work folder."""
+        """Resume from the checkpoint in the interrupted job's work folder (single Adam models), else start over."""
+        parameters = self.ctx.inputs.parameters.get_dict()
+        checkpointed = parameters.get('optimizer', 'adam') == 'adam' and parameters.get('committee_size', 1) == 1
+        if not checkpointed:
+            self.report(f'{node.process_label}<{node.pk}> ran out of walltime without a checkpoint: starting over')
+            return ProcessHandlerReport(do_break=True)
         self.ctx.inputs.parent_folder = node.outputs.remote_folder
         self.ctx.inputs.pop('initial_potential', None)
         self.report(f'{node.process_label}<{node.pk}> ran out of walltime: resuming from its checkpoint')

@@ -1,7 +1,9 @@
-"""TrainWorkChain recovers from a diverged loss; the train job resumes from its checkpoint."""
+"""TrainWorkChain recovers from a diverged loss and from running out of walltime; the train job resumes from its
+checkpoint."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -46,6 +48,43 @@ def test_diverged_training_is_retried_with_lower_learning_rates(alkit_python_cod
     retried = calls[-1].inputs.parameters['training']['learning_rates']
     assert abs(retried['nn'] - 1e-2) < 1e-12
     assert results['potential'].metrics['valid_forces_rmse_ev_per_ang'] > 0
+
+
+def test_out_of_walltime_resumes_from_the_checkpoint(alkit_python_code, training_set):  # noqa: F811
+    """A 15 s walltime gives each job a 13.5 s budget, too short for 1000 epochs even on an idle machine: training
+    stops cleanly (411), the handler resumes it from the checkpoint in a new job (as often as it takes: each job runs
+    at least one epoch), and the epochs of the jobs add up to the requested number."""
+    epochs = 1000
+    parameters = {'model': TINY, 'num_threads': 1, 'device': 'cpu', 'training': {'epochs': epochs, 'batch_size': 4}}
+    results, node = run_get_node(
+        TrainWorkChain,
+        train={
+            'code': alkit_python_code,
+            'dataset': training_set,
+            'parameters': orm.Dict(parameters),
+            'metadata': {'options': {'max_wallclock_seconds': 15}},
+        },
+        max_iterations=orm.Int(40),
+    )
+    assert node.is_finished_ok, node.exit_message
+    calls = sorted(node.called, key=lambda n: n.ctime)
+    assert len(calls) >= 2, 'the first job should not fit 1000 epochs in 13.5 s'
+    assert [call.exit_status for call in calls] == [411] * (len(calls) - 1) + [0]
+    first = json.loads(calls[0].base.repository.get_object_content('parameters.json'))
+    assert first['max_seconds'] == pytest.approx(13.5)  # 0.9 x the walltime
+    for previous, call in itertools.pairwise(calls):
+        assert call.inputs.parent_folder.uuid == previous.outputs.remote_folder.uuid
+    assert 'resuming from its checkpoint' in ' '.join(log.message for log in _reports(node))
+    done = json.loads(calls[-2].outputs.retrieved.base.repository.get_object_content('results.json'))['epochs_done']
+    assert 0 < done < epochs
+    assert results['metrics']['history']['epochs_run'] == epochs - done
+    assert results['potential'].metrics['valid_forces_rmse_ev_per_ang'] > 0
+
+
+def _reports(node):
+    from aiida.orm import Log
+
+    return Log.collection.get_logs_for(node)
 
 
 def test_job_writes_checkpoints_and_resumes(tmp_path):
