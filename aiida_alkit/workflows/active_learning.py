@@ -11,30 +11,71 @@ graph (selection: :func:`~aiida_alkit.calculations.functions.select_candidates`;
 
 A failed label never stops a round; the campaign stops with ``ERROR_TOO_MANY_FAILED_LABELS`` only when more than
 ``max_failed_fraction`` of a round's labels fail.
+
+Bad input fails the campaign in its first step, ``validate_inputs``, before any job is launched, with an exit code in
+the 3xx range whose message names the problem and the offending set, index or value: settings out of range, an
+unknown strategy or selection method, a batch larger than any candidate pool, train/explore parameters the jobs would
+refuse, empty or unlabelled data, species the potential or the pseudopotential family does not cover, overlapping
+atoms, an unphysical density (coordinates in the wrong unit) or an unreadable ``initial_potential``. The port
+validator keeps only the structural checks (which inputs go together). Nothing is computed and every input node stays
+in the graph.
 """
 
 from __future__ import annotations
 
+import math
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import yaml
 from aiida import orm
 from aiida.common import AttributeDict
-from aiida.engine import ToContext, WorkChain, if_, while_
+from aiida.engine import ExitCode, ToContext, WorkChain, if_, while_
 
+from aiida_alkit.calculations.explore import validate_explore_parameters
 from aiida_alkit.calculations.functions import merge_datasets, select_candidates
+from aiida_alkit.calculations.train import validate_train_parameters
 from aiida_alkit.data.dataset import DatasetData
+from aiida_alkit.data.potential import PotentialData, PotentialFileError
+from aiida_alkit.io.arrays import MIN_INTERATOMIC_DISTANCE
+from aiida_alkit.selection.api import METHODS
 from aiida_alkit.workflows.explore import ExploreWorkChain
 from aiida_alkit.workflows.label import LabelWorkChain
 from aiida_alkit.workflows.labelling import deep_merge
 from aiida_alkit.workflows.train import TrainWorkChain
 
-__all__ = ['STRATEGIES', 'ActiveLearningWorkChain']
+__all__ = ['STRATEGIES', 'ActiveLearningWorkChain', 'max_pool_size', 'round_explore_parameters']
 
 PROTOCOL_FILE = pathlib.Path(__file__).parent / 'protocols' / 'active_learning.yaml'
 STRATEGIES = ('gradient', 'alkpu', 'hal', 'dpgen', 'dopt', 'random')
+#: Explore settings a schedule may set per round, and the schedule list of each (K, GPa, MD steps, walkers).
+SCHEDULED_SETTINGS = {
+    'temperature_K': 'temperatures',
+    'pressure_GPa': 'pressures',
+    'steps': 'steps',
+    'walkers': 'walkers',
+}
+SCHEDULE_KEYS = tuple(SCHEDULED_SETTINGS.values())
+#: A fully periodic cell with a volume per atom (Å³) outside this range has its coordinates in the wrong unit (nm or
+#: Bohr read as Å, or the reverse): 2 Å³ per atom is a number density of 0.5 Å⁻³, several times that of any solid.
+VOLUME_PER_ATOM_RANGE = (2.0, 200.0)
+#: Largest pressure magnitude (GPa) an exploration may ask for; beyond it the value is in the wrong unit (Pa, bar).
+MAX_PRESSURE_GPA = 1000.0
+#: Defaults the explore job applies when a setting is absent (jobs/explore.py).
+EXPLORE_DEFAULTS = {'temperature_K': 300.0, 'pressure_GPa': None, 'steps': 200, 'walkers': 4, 'sample_every': 10}
+#: Valid values of the campaign's scalar inputs: key -> (test, what a valid value is).
+SETTING_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    'max_rounds': (lambda v: v >= 1, 'at least one round is needed'),
+    'accurate_fraction': (lambda v: 0 < v <= 1, 'a fraction in (0, 1] is needed'),
+    'max_failed_fraction': (lambda v: 0 <= v <= 1, 'a fraction in [0, 1] is needed'),
+    'validation_fraction': (lambda v: 0 <= v < 1, 'a fraction in [0, 1) is needed'),
+    'label_budget': (lambda v: v >= 1, 'at least one label is needed'),
+    'target_force_rmse': (lambda v: v > 0, 'a positive force RMSE (eV/Å) is needed'),
+}
+#: Batch size the select step uses when ``select.parameters`` has none.
+DEFAULT_BATCH_SIZE = 8
 
 
 def load_protocol_file() -> dict:
@@ -43,28 +84,66 @@ def load_protocol_file() -> dict:
 
 
 def _validate_inputs(inputs: dict, _) -> str | None:
+    """Structural checks only (which inputs go together); the content is checked by the ``validate_inputs`` step."""
     if ('initial_dataset' in inputs) == ('initial_structures' in inputs):
         return 'give exactly one of initial_dataset (labelled) or initial_structures (labelled in round 0)'
-    if 'initial_dataset' in inputs and 'energy' not in inputs['initial_dataset'].labels:
-        return 'initial_dataset has no energy labels; pass it as initial_structures to label it first'
-    strategy = inputs['strategy'].value
-    if strategy not in STRATEGIES:
-        return f'strategy must be one of {STRATEGIES}, got {strategy!r}'
-    if inputs['max_rounds'].value < 1:
-        return 'max_rounds must be at least 1'
-    if not 0 < inputs['accurate_fraction'].value <= 1:
-        return 'accurate_fraction must be in (0, 1]'
-    if not 0 <= inputs['max_failed_fraction'].value <= 1:
-        return 'max_failed_fraction must be in [0, 1]'
     if 'target_force_rmse' in inputs and 'test_dataset' not in inputs:
         return 'target_force_rmse needs a test_dataset'
-    schedule = inputs['schedule'].get_dict()
-    unknown = sorted(set(schedule) - {'temperatures', 'pressures', 'steps', 'walkers'})
-    if unknown:
-        return f'unknown schedule keys {unknown}; use temperatures, pressures, steps, walkers (lists, one per round)'
-    method = inputs['select']['parameters'].get_dict().get('method')
-    if method is None:
-        return 'select.parameters needs a "method" (the strategy presets set it; see get_builder_from_protocol)'
+    return None
+
+
+def scheduled_value(schedule: Mapping[str, Any], key: str, round_index: int, default: Any) -> Any:
+    """Value of the schedule list ``key`` in round ``round_index`` (1-based; the last value repeats), else ``default``."""
+    values = schedule.get(key)
+    if not values:
+        return default
+    return values[min(round_index - 1, len(values) - 1)]
+
+
+def round_explore_parameters(
+    explore: Mapping[str, Any], schedule: Mapping[str, Any], round_index: int, seed: int
+) -> dict[str, Any]:
+    """The explore job's parameters of round ``round_index``: temperature (K), pressure (GPa), steps and walkers from
+    the schedule when it has them, the seed derived from the campaign's ``seed``."""
+    parameters = dict(explore)
+    values = {
+        key: scheduled_value(schedule, schedule_key, round_index, parameters.get(key, EXPLORE_DEFAULTS[key]))
+        for key, schedule_key in SCHEDULED_SETTINGS.items()
+    }
+    parameters['temperature_K'] = float(values['temperature_K'])
+    parameters['pressure_GPa'] = None if values['pressure_GPa'] is None else float(values['pressure_GPa'])
+    parameters['steps'] = int(values['steps'])
+    parameters['walkers'] = int(values['walkers'])
+    parameters['seed'] = seed * 1000 + round_index
+    return parameters
+
+
+def max_pool_size(walkers: int, steps: int, sample_every: int) -> int:
+    """Most candidates one exploration can yield: each walker records a frame every ``sample_every`` MD steps and its
+    stopping frame (jobs/explore.py, exploration/pool.py)."""
+    return walkers * (steps // sample_every + 1)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _md_setting_problem(key: str, value: Any) -> str | None:
+    """Why an MD setting of one round (temperature_K, pressure_GPa, steps, walkers) is unusable, or None."""
+    if key == 'pressure_GPa':
+        if value is None:
+            return None
+        if not _is_number(value):
+            return 'the pressure must be a number of GPa (or null for NVT)'
+        if abs(value) > MAX_PRESSURE_GPA:
+            return f'|p| above {MAX_PRESSURE_GPA:g} GPa is beyond any material; is it in Pa or bar instead of GPa?'
+        return None
+    if not _is_number(value):
+        return 'not a finite number'
+    if key == 'temperature_K':
+        return None if value > 0 else 'the MD temperature must be positive (K)'
+    if value < 1 or value != int(value):
+        return 'must be a whole number >= 1'
     return None
 
 
@@ -88,6 +167,12 @@ class ActiveLearningWorkChain(WorkChain):
             'seeds', valid_type=DatasetData, required=False, help='MD starting structures (default: the initial set).'
         )
         spec.input('test_dataset', valid_type=DatasetData, required=False, help='Labelled test set for the target.')
+        spec.input(
+            'initial_potential',
+            valid_type=PotentialData,
+            required=False,
+            help='Warm start: round 1 continues training from this potential instead of a fresh model.',
+        )
         spec.input('strategy', valid_type=orm.Str, default=lambda: orm.Str('gradient'), help=f'One of {STRATEGIES}.')
         spec.input('max_rounds', valid_type=orm.Int, default=lambda: orm.Int(5), help='Maximum number of rounds.')
         spec.input(
@@ -137,6 +222,7 @@ class ActiveLearningWorkChain(WorkChain):
         spec.expose_inputs(LabelWorkChain, namespace='label', exclude=('structures',))
         spec.inputs.validator = _validate_inputs
         spec.outline(
+            cls.validate_inputs,
             cls.setup,
             if_(cls.needs_initial_labels)(cls.label_initial, cls.merge_initial),
             while_(cls.should_run_round)(
@@ -153,6 +239,56 @@ class ActiveLearningWorkChain(WorkChain):
         spec.output('potential', valid_type=orm.Data, help='The last trained potential.')
         spec.output('dataset', valid_type=DatasetData, help='The final training set.')
         spec.output('report', valid_type=orm.Dict, help='One entry per round: counts, errors, temperatures, status.')
+        # 301-307: settings; 308-311: data and potential; 312-313: pseudopotentials; 314-315: geometry
+        spec.exit_code(
+            301, 'ERROR_INVALID_CAMPAIGN_SETTING', message='Invalid campaign setting {key} = {value}: {reason}.'
+        )
+        spec.exit_code(302, 'ERROR_UNKNOWN_STRATEGY', message='Unknown strategy {strategy!r}: choose one of {choices}.')
+        spec.exit_code(
+            303,
+            'ERROR_UNKNOWN_SELECTION_METHOD',
+            message='Unknown selection method {method!r} in select.parameters: choose one of {choices}.',
+        )
+        spec.exit_code(
+            304, 'ERROR_INVALID_BATCH_SIZE', message='select.parameters.batch_size = {batch_size} is invalid: {reason}.'
+        )
+        spec.exit_code(
+            305, 'ERROR_INVALID_MD_SETTING', message='Invalid MD setting {key} = {value} in {where}: {reason}.'
+        )
+        spec.exit_code(306, 'ERROR_INVALID_TRAIN_PARAMETERS', message='Invalid train.parameters: {message}.')
+        spec.exit_code(
+            307, 'ERROR_INVALID_EXPLORE_PARAMETERS', message='Invalid explore.parameters in round {round}: {message}.'
+        )
+        spec.exit_code(308, 'ERROR_EMPTY_DATASET', message='Input {name} holds no configurations.')
+        spec.exit_code(309, 'ERROR_MISSING_LABELS', message='Input {name} lacks {missing} labels: {reason}.')
+        spec.exit_code(310, 'ERROR_INVALID_POTENTIAL', message='initial_potential PotentialData<{pk}>: {message}.')
+        spec.exit_code(
+            311,
+            'ERROR_SPECIES_NOT_COVERED',
+            message='The potential knows only {species} ({source}), but {name} contains {missing}.',
+        )
+        spec.exit_code(
+            312,
+            'ERROR_INVALID_PSEUDO_FAMILY',
+            message='Pseudopotential family {family!r} cannot be used for pw.x labels: {reason}.',
+        )
+        spec.exit_code(
+            313,
+            'ERROR_PSEUDOS_NOT_COVERED',
+            message='Pseudopotential family {family!r} has no pseudopotential for {missing}, which {name} contains.',
+        )
+        spec.exit_code(
+            314,
+            'ERROR_OVERLAPPING_ATOMS',
+            message='Configuration {index} of {name} has two atoms {distance:.3f} Å apart (overlapping atoms; the '
+            'minimum is {minimum} Å).',
+        )
+        spec.exit_code(
+            315,
+            'ERROR_UNPHYSICAL_DENSITY',
+            message='Configuration {index} of {name} has {volume:.4g} Å³ per atom ({density:.3g} atoms/Å³), outside '
+            '{low:g}-{high:g} Å³ per atom: are its coordinates in nm or Bohr instead of Å?',
+        )
         spec.exit_code(401, 'ERROR_TRAINING_FAILED', message='Training failed in round {round}: {message}')
         spec.exit_code(402, 'ERROR_EXPLORATION_FAILED', message='Exploration failed in round {round}: {message}')
         spec.exit_code(403, 'ERROR_INITIAL_LABELS_FAILED', message='Labelling the initial structures failed.')
@@ -216,6 +352,226 @@ class ActiveLearningWorkChain(WorkChain):
             builder.label = _wrap_label_inputs(label)
         return builder
 
+    # ------------------------------------------------------------------ input validation
+    def validate_inputs(self):
+        """Check the content of the inputs before any job runs; fail with the exit code of the first problem."""
+        for check in (
+            self._check_settings,
+            self._check_md_settings,
+            self._check_datasets,
+            self._check_potential,
+            self._check_species,
+            self._check_pseudo_family,
+            self._check_geometry,
+        ):
+            exit_code = check()
+            if exit_code is not None:
+                self.report(f'input rejected before any job ran: {exit_code.message}')
+                return exit_code
+        return None
+
+    def _datasets(self) -> list[tuple[str, DatasetData]]:
+        """(input name, node) of every configuration set given."""
+        names = ('initial_dataset', 'initial_structures', 'seeds', 'test_dataset')
+        return [(name, self.inputs[name]) for name in names if name in self.inputs]
+
+    def _check_settings(self) -> ExitCode | None:
+        """Strategy, selection method, campaign scalars and train parameters."""
+        strategy = self.inputs.strategy.value
+        if strategy not in STRATEGIES:
+            return self.exit_codes.ERROR_UNKNOWN_STRATEGY.format(strategy=strategy, choices=', '.join(STRATEGIES))
+        for key, (valid, reason) in SETTING_RULES.items():
+            if key in self.inputs and not valid(self.inputs[key].value):  # NaN fails every rule
+                return self.exit_codes.ERROR_INVALID_CAMPAIGN_SETTING.format(
+                    key=key, value=self.inputs[key].value, reason=reason
+                )
+        method = self.inputs.select.parameters.get_dict().get('method')
+        if not isinstance(method, str) or method.lower() not in METHODS:
+            return self.exit_codes.ERROR_UNKNOWN_SELECTION_METHOD.format(method=method, choices=', '.join(METHODS))
+        message = validate_train_parameters(self.inputs.train.parameters.get_dict())
+        if message:
+            return self.exit_codes.ERROR_INVALID_TRAIN_PARAMETERS.format(message=message)
+        return None
+
+    def _check_md_settings(self) -> ExitCode | None:
+        """The schedule and the explore parameters of every distinct round, then the batch size against the pool."""
+        schedule = self.inputs.schedule.get_dict()
+        unknown = sorted(set(schedule) - set(SCHEDULE_KEYS))
+        if unknown:
+            return self.exit_codes.ERROR_INVALID_MD_SETTING.format(
+                key='schedule', value=unknown, where='schedule', reason=f'unknown keys; use {", ".join(SCHEDULE_KEYS)}'
+            )
+        for key, values in schedule.items():
+            if not isinstance(values, (list, tuple)):
+                return self.exit_codes.ERROR_INVALID_MD_SETTING.format(
+                    key=f'schedule.{key}', value=values, where='schedule', reason='must be a list, one value per round'
+                )
+        explore = self.inputs.explore.parameters.get_dict()
+        # rounds after the longest schedule list repeat its last values: checking the distinct ones is enough
+        longest = max([len(values) for values in schedule.values()] + [1])
+        rounds = range(1, min(self.inputs.max_rounds.value, longest) + 1)
+        for round_index in rounds:
+            for key, schedule_key in SCHEDULED_SETTINGS.items():
+                value = scheduled_value(schedule, schedule_key, round_index, explore.get(key, EXPLORE_DEFAULTS[key]))
+                reason = _md_setting_problem(key, value)
+                if reason:
+                    where = (
+                        f'round {round_index} of schedule.{schedule_key}'
+                        if schedule.get(schedule_key)
+                        else 'explore.parameters'
+                    )
+                    return self.exit_codes.ERROR_INVALID_MD_SETTING.format(
+                        key=key, value=value, where=where, reason=reason
+                    )
+        capacities = []
+        committee = self.inputs.train.parameters.get_dict().get('committee_size', 1) > 1
+        for round_index in rounds:
+            parameters = round_explore_parameters(explore, schedule, round_index, self.inputs.seed.value)
+            message = validate_explore_parameters(parameters)
+            if not message and (parameters.get('bias') or {}).get('kind') == 'committee' and not committee:
+                message = 'bias.kind "committee" needs a committee potential (train.parameters.committee_size > 1)'
+            if message:
+                return self.exit_codes.ERROR_INVALID_EXPLORE_PARAMETERS.format(round=round_index, message=message)
+            sample_every = parameters.get('sample_every', EXPLORE_DEFAULTS['sample_every'])
+            capacities.append(max_pool_size(parameters['walkers'], parameters['steps'], sample_every))
+        batch_size = self.inputs.select.parameters.get_dict().get('batch_size', DEFAULT_BATCH_SIZE)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            return self.exit_codes.ERROR_INVALID_BATCH_SIZE.format(
+                batch_size=batch_size, reason='it must be a whole number >= 1'
+            )
+        largest = max(capacities)
+        if batch_size > largest:
+            best = rounds[capacities.index(largest)]
+            return self.exit_codes.ERROR_INVALID_BATCH_SIZE.format(
+                batch_size=batch_size,
+                reason=f'no round can explore that many candidates: at most {largest} (walkers x (steps // '
+                f'sample_every + 1), round {best})',
+            )
+        return None
+
+    def _check_datasets(self) -> ExitCode | None:
+        """No empty set; labels where the campaign needs them."""
+        for name, node in self._datasets():
+            if len(node) == 0:
+                return self.exit_codes.ERROR_EMPTY_DATASET.format(name=name)
+        needed = {'initial_dataset': ('energy', 'forces'), 'test_dataset': ('energy',)}
+        if 'target_force_rmse' in self.inputs:
+            needed['test_dataset'] = ('energy', 'forces')
+        reasons = {
+            'initial_dataset': 'it is trained on and merged with force-labelled picks (pass unlabelled structures as '
+            'initial_structures to label them in round 0)',
+            'test_dataset': 'the test errors (and a target_force_rmse) are computed against them',
+        }
+        for name, node in self._datasets():
+            missing = [label for label in needed.get(name, ()) if label not in node.labels]
+            if missing:
+                return self.exit_codes.ERROR_MISSING_LABELS.format(
+                    name=name, missing=' and '.join(missing), reason=reasons[name]
+                )
+        return None
+
+    def _check_potential(self) -> ExitCode | None:
+        """``initial_potential`` loads (weights_only) and matches the committee setting; its species go to the ctx."""
+        self.ctx.potential_species = None
+        if 'initial_potential' not in self.inputs:
+            return None
+        node = self.inputs.initial_potential
+        try:
+            content = node.load()
+        except (PotentialFileError, OSError) as exc:
+            return self.exit_codes.ERROR_INVALID_POTENTIAL.format(pk=node.pk, message=str(exc).rstrip('.'))
+        kind = content.hyperparameters['model_kind']
+        committee_size = self.inputs.train.parameters.get_dict().get('committee_size', 1)
+        if (kind == 'gmnn-committee') != (committee_size > 1):
+            return self.exit_codes.ERROR_INVALID_POTENTIAL.format(
+                pk=node.pk,
+                message=f'a {kind!r} potential cannot warm-start training with committee_size = {committee_size}',
+            )
+        self.ctx.potential_species = list(content.hyperparameters['species'])
+        return None
+
+    def _check_species(self) -> ExitCode | None:
+        """Every set's species are known to the potential: ``train.parameters.model.species``, the initial potential,
+        or else the species of the initial set (what a fresh model is built with)."""
+        datasets = self._datasets()
+        sources = []
+        model_species = (self.inputs.train.parameters.get_dict().get('model') or {}).get('species')
+        if model_species:
+            sources.append(('train.parameters.model.species', list(model_species)))
+        if self.ctx.potential_species is not None:
+            sources.append(
+                (f'initial_potential PotentialData<{self.inputs.initial_potential.pk}>', self.ctx.potential_species)
+            )
+        if not sources:
+            name, node = datasets[0]
+            sources.append((f'built from the species of {name}', node.species))
+        for source, known in sources:
+            for name, node in datasets:
+                missing = sorted(set(node.species) - set(known))
+                if missing:
+                    return self.exit_codes.ERROR_SPECIES_NOT_COVERED.format(
+                        species=sorted(known), source=source, name=name, missing=missing
+                    )
+        return None
+
+    def _check_pseudo_family(self) -> ExitCode | None:
+        """With the pw label engine: the family exists, recommends cutoffs and covers every element of every set."""
+        if self.inputs.label.engine.value != 'pw':
+            return None
+        from aiida.common.exceptions import MultipleObjectsError, NotExistent
+        from aiida_pseudo.groups.family import PseudoPotentialFamily
+
+        label = self.inputs.label.pw.pseudo_family.value
+        try:
+            family = orm.load_group(label)
+        except (NotExistent, MultipleObjectsError) as exc:
+            return self.exit_codes.ERROR_INVALID_PSEUDO_FAMILY.format(family=label, reason=f'no such group ({exc})')
+        if not isinstance(family, PseudoPotentialFamily):
+            return self.exit_codes.ERROR_INVALID_PSEUDO_FAMILY.format(
+                family=label, reason=f'the group is a {type(family).__name__}, not an aiida-pseudo family'
+            )
+        if not hasattr(family, 'get_recommended_cutoffs'):
+            return self.exit_codes.ERROR_INVALID_PSEUDO_FAMILY.format(
+                family=label, reason='it recommends no cutoffs (the pw protocols need a cutoffs family)'
+            )
+        elements = set(family.elements)
+        for name, node in self._datasets():
+            missing = sorted(set(node.species) - elements)
+            if missing:
+                return self.exit_codes.ERROR_PSEUDOS_NOT_COVERED.format(family=label, missing=missing, name=name)
+        return None
+
+    def _check_geometry(self) -> ExitCode | None:
+        """Physical volume per atom in fully periodic cells (Å³), then no two atoms closer than the minimum (Å)."""
+        from aiida_alkit.io.geometry import min_interatomic_distances
+
+        low, high = VOLUME_PER_ATOM_RANGE
+        for name, node in self._datasets():
+            arrays = node.arrays
+            periodic = arrays.pbc.all(axis=1)
+            volume = np.abs(np.linalg.det(arrays.cells)) / np.maximum(arrays.sizes, 1)
+            bad = np.flatnonzero(periodic & ((volume < low) | (volume > high)))
+            if bad.size:
+                index = int(bad[0])
+                return self.exit_codes.ERROR_UNPHYSICAL_DENSITY.format(
+                    index=index,
+                    name=name,
+                    volume=volume[index],
+                    density=1.0 / volume[index] if volume[index] > 0 else math.inf,
+                    low=low,
+                    high=high,
+                )
+            distances = min_interatomic_distances(
+                arrays.positions, arrays.cells, arrays.pbc, arrays.offsets, cutoff=MIN_INTERATOMIC_DISTANCE
+            )
+            close = np.flatnonzero(distances < MIN_INTERATOMIC_DISTANCE)
+            if close.size:
+                index = int(close[0])
+                return self.exit_codes.ERROR_OVERLAPPING_ATOMS.format(
+                    index=index, name=name, distance=distances[index], minimum=MIN_INTERATOMIC_DISTANCE
+                )
+        return None
+
     # ------------------------------------------------------------------ steps
     def setup(self):
         self.ctx.round = 0
@@ -260,12 +616,6 @@ class ActiveLearningWorkChain(WorkChain):
     def should_run_round(self) -> bool:
         return not self.ctx.converged and self.ctx.round < self.inputs.max_rounds.value
 
-    def _scheduled(self, key: str, default: Any) -> Any:
-        values = self.ctx.schedule.get(key)
-        if not values:
-            return default
-        return values[min(self.ctx.round - 1, len(values) - 1)]  # round is 1-based
-
     def train(self):
         self.ctx.round += 1
         self.ctx.current = {'round': self.ctx.round}
@@ -291,6 +641,11 @@ class ActiveLearningWorkChain(WorkChain):
                 'parameters': orm.Dict(parameters),
                 'metadata': {'options': self._options('train')},
                 **({'test_dataset': self.inputs.test_dataset} if 'test_dataset' in self.inputs else {}),
+                **(
+                    {'initial_potential': self.inputs.initial_potential}
+                    if self.ctx.round == 1 and 'initial_potential' in self.inputs
+                    else {}
+                ),
             },
             'metadata': {'call_link_label': f'train_round_{self.ctx.round}'},
         }
@@ -327,13 +682,9 @@ class ActiveLearningWorkChain(WorkChain):
         return ', '.join(parts) or 'no validation errors'
 
     def explore(self):
-        parameters = self.inputs.explore.parameters.get_dict()
-        parameters['temperature_K'] = float(self._scheduled('temperatures', parameters.get('temperature_K', 300.0)))
-        pressure = self._scheduled('pressures', parameters.get('pressure_GPa'))
-        parameters['pressure_GPa'] = None if pressure is None else float(pressure)
-        parameters['steps'] = int(self._scheduled('steps', parameters.get('steps', 200)))
-        parameters['walkers'] = int(self._scheduled('walkers', parameters.get('walkers', 4)))
-        parameters['seed'] = self.inputs.seed.value * 1000 + self.ctx.round
+        parameters = round_explore_parameters(
+            self.inputs.explore.parameters.get_dict(), self.ctx.schedule, self.ctx.round, self.inputs.seed.value
+        )
         self.ctx.current.update(
             {'temperature_K': parameters['temperature_K'], 'pressure_GPa': parameters['pressure_GPa'],
              'steps': parameters['steps'], 'walkers': parameters['walkers']}

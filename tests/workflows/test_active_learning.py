@@ -85,9 +85,12 @@ def test_protocol_and_validation(alkit_python_code):
     assert builder.select.parameters['method'] == 'trust'
     assert builder.train.parameters['committee_size'] == 4
     assert 'initial_dataset' in builder
+    # content problems are exit codes of the first step (more in tests/workflows/test_bad_input.py)
     builder.max_rounds = orm.Int(0)
-    with pytest.raises(ValueError, match='max_rounds'):
-        run_get_node(builder)
+    _, node = run_get_node(builder)
+    assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_INVALID_CAMPAIGN_SETTING.status
+    assert 'max_rounds = 0' in node.exit_message
+    assert node.called == []
 
 
 @pytest.mark.campaign
