@@ -1,7 +1,7 @@
 """Batched (biased) molecular dynamics of many walkers, stop criteria, swap/volume Monte-Carlo moves, schedules.
 
-All walkers advance together: one batched potential call per step (:class:`~aiida_alkit.exploration.bias.
-BiasedPotential` or any object with the same ``evaluate``), the integrator works on the flat (N, 3) arrays of all
+All walkers advance together: one batched potential call per step
+(:class:`~aiida_alkit.exploration.bias.BiasedPotential` or any object with the same ``evaluate``), the integrator works on the flat (N, 3) arrays of all
 atoms. A walker that stops (reason recorded) is removed from the batch and never restarts; an unphysical walker
 (NaN, huge forces, overlapping atoms, absurd density, an exception in its evaluation) is stopped, never crashes
 the run.
@@ -181,7 +181,7 @@ class WalkerSystem:
         return self.pbc.all(axis=1)
 
     def volumes(self) -> np.ndarray:
-        """(B,) |det(cell)|, Å³."""
+        """(B,) abs(det(cell)), Å³."""
         return np.abs(np.linalg.det(self.cells))
 
     def kinetic_tensor(self) -> np.ndarray:
@@ -424,7 +424,7 @@ class BerendsenBarostat:
 
     :param tau: coupling time τ_P, fs. :param compressibility: β, 1/GPa (Cu: ~1/140).
     :param anisotropic: scale with the full pressure tensor (else with its trace).
-    :param max_scaling: largest |μ - 1| per step.
+    :param max_scaling: largest abs(μ - 1) per step.
     """
 
     tau: float = 1000.0

@@ -1,4 +1,4 @@
-"""Reader and writer for the MLIP-2 ``.cfg`` format (``../shared/seeds/004``, "MLIP-2 *.cfg file").
+"""Reader and writer for the MLIP-2 ``.cfg`` format (``../shared/seeds/004``, "MLIP-2 ``*.cfg`` file").
 
 One configuration is a block::
 

@@ -67,7 +67,7 @@ class Batch:
         return self.pbc.all(dim=-1)
 
     def volumes(self) -> torch.Tensor:
-        """(B,) cell volumes |det(cell)|, Å³ (zero for molecules)."""
+        """(B,) cell volumes abs(det(cell)), Å³ (zero for molecules)."""
         return torch.linalg.det(self.cells).abs()
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Batch:

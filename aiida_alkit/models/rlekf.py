@@ -292,7 +292,7 @@ class RLEKF:
     def update_energy(self, batch: Batch) -> dict[str, float]:
         """One RLEKF update on the energies of ``batch`` (Algorithm 5 lines 2-3).
 
-        :return: ``error`` (scalarised |ΔE|, eV/atom or eV, times ``energy_weight``), ``alpha``, ``hph``, ``lambda``.
+        :return: ``error`` (scalarised abs(ΔE), eV/atom or eV, times ``energy_weight``), ``alpha``, ``hph``, ``lambda``.
         """
         if batch.energy is None:
             raise ValueError('the batch has no energy labels')

@@ -62,7 +62,7 @@ def qbc_forces(member_forces: ArrayLike, n_atoms: ArrayLike | None = None) -> np
 
 
 def ae_energy(predicted: ArrayLike, reference: ArrayLike) -> np.ndarray:
-    """AE(E): ΔE(S) = |E^ref - E(S, θ)| (eq. 24), eV, from (B,) energies."""
+    """AE(E): ΔE(S) = abs(E^ref - E(S, θ)) (eq. 24), eV, from (B,) energies."""
     predicted, reference = _array(predicted).reshape(-1), _array(reference).reshape(-1)
     if predicted.shape != reference.shape:
         raise ValueError(f'shapes differ: {predicted.shape} and {reference.shape}')
@@ -70,7 +70,7 @@ def ae_energy(predicted: ArrayLike, reference: ArrayLike) -> np.ndarray:
 
 
 def ae_forces(predicted: ArrayLike, reference: ArrayLike, n_atoms: ArrayLike | None = None) -> np.ndarray:
-    """AE(F): ΔF(S) = 1/(3 N_at) sum_i sum_j |F_ij^ref - F_ij(S, θ)| (eq. 24), eV/Å, from (N, 3) forces."""
+    """AE(F): ΔF(S) = 1/(3 N_at) sum_i sum_j abs(F_ij^ref - F_ij(S, θ)) (eq. 24), eV/Å, from (N, 3) forces."""
     predicted, reference = _array(predicted).reshape(-1, 3), _array(reference).reshape(-1, 3)
     if predicted.shape != reference.shape:
         raise ValueError(f'shapes differ: {predicted.shape} and {reference.shape}')
