@@ -35,6 +35,35 @@ def validate_explore_parameters(parameters: dict) -> str | None:
     kind = (parameters.get('bias') or {}).get('kind', 'none')
     if kind not in ('none', 'committee', 'gradient', 'hal'):
         return f'bias.kind must be "none", "committee", "gradient" or "hal", got {kind!r}'
+    return _validate_stop(parameters.get('stop') or {}, kind)
+
+
+STOP_PARAMETERS = {
+    'max_force', 'min_distance_fraction', 'uncertainty', 'calibration_alpha', 'hal', 'gamma_break', 'check_every'
+}  # fmt: skip
+
+
+def _validate_stop(stop: dict, kind: str) -> str | None:
+    unknown = sorted(set(stop) - STOP_PARAMETERS)
+    if unknown:
+        return f'unknown stop parameters {unknown}; allowed: {sorted(STOP_PARAMETERS)}'
+    for key in ('max_force', 'min_distance_fraction', 'uncertainty', 'gamma_break'):
+        value = stop.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+            return f'stop.{key} must be a positive number, got {value!r}'
+    if stop.get('gamma_break') is not None and stop['gamma_break'] < 1:
+        return f'stop.gamma_break must be >= 1 (gamma <= 1 interpolates), got {stop["gamma_break"]!r}'
+    alpha = stop.get('calibration_alpha', 0.1)
+    if not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        return f'stop.calibration_alpha must be in (0, 1), got {alpha!r}'
+    if stop.get('hal'):
+        if kind != 'hal':
+            return f'stop.hal needs bias.kind "hal", got {kind!r}'
+        unknown = sorted(set(stop['hal']) - {'s_tol', 'f_tol'})
+        if unknown:
+            return f'unknown stop.hal parameters {unknown}; allowed: f_tol, s_tol'
+    if stop.get('uncertainty') is not None and kind == 'hal':
+        return 'stop.uncertainty does not apply to the hal bias: use stop.hal (s_tol, f_tol)'
     return None
 
 

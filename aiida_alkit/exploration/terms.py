@@ -47,6 +47,7 @@ from aiida_alkit.uncertainty.hal import DEFAULT_COMMITTEE_SIZE, BayesianRidge
 
 __all__ = [
     'CalibratedTerm',
+    'ExtrapolationGradeStop',
     'GradientFeatureUncertainty',
     'HALUncertainty',
     'atom_values',
@@ -515,3 +516,60 @@ def fit_atom_calibrator(
         parts = np.split(atoms, np.cumsum(sizes)[:-1])
         return ConformalCalibrator().fit([p.max() for p in parts], [e.max() for e in errors], alpha)
     return ConformalCalibrator().fit(atoms, np.concatenate(errors), alpha)
+
+
+# ---------------------------------------------------------------------------------------------------------- seeds/004
+class ExtrapolationGradeStop:
+    """Stop a walker whose extrapolation grade exceeds ``gamma_break`` (seeds/004, D-optimality).
+
+    γ = max_j |c_j| with ``c = b A^-1`` (:meth:`~aiida_alkit.uncertainty.doptimal.ActiveSet.extrapolation_grade`),
+    ``b`` the walker's structure features (FEAT(LL) sums by default, as the ``dopt`` selection uses them) and ``A``
+    the active set built by MaxVol from the training structures' features. Computing the features costs one backward
+    pass per walker, so the grade is evaluated every ``check_every`` MD steps (recorded as ``gamma``, NaN between).
+
+    :param model: the GM-NN. :param active_set: an :class:`~aiida_alkit.uncertainty.doptimal.ActiveSet` fitted on
+        training features of the same ``feature_map``. :param check_every: steps between two evaluations.
+    """
+
+    unphysical = False
+
+    def __init__(self, model: GMNN, active_set: Any, feature_map: GradientFeatureMap, check_every: int = 1) -> None:
+        if check_every < 1:
+            raise ValueError(f'check_every must be a positive number of steps, got {check_every}')
+        self.model = model
+        self.active_set = active_set
+        self.feature_map = feature_map
+        self.check_every = int(check_every)
+        self._calls = 0
+
+    @classmethod
+    def from_training(
+        cls, model: GMNN, train: Any, gamma_break: float, kind: str = 'last_layer', check_every: int = 1
+    ) -> ExtrapolationGradeStop:
+        """Fit the active set on the training configurations' structure features."""
+        from aiida_alkit.uncertainty.doptimal import ActiveSet
+
+        feature_map = GradientFeatureMap(model, kind=kind)
+        features = compute_features(model, train, per_atom=False, feature_map=feature_map).structure
+        gamma_select = min(2.0, float(gamma_break))
+        active_set = ActiveSet(gamma_select=gamma_select, gamma_break=float(gamma_break)).fit(np.asarray(features))
+        return cls(model, active_set, feature_map, check_every)
+
+    def check(self, system: Any, result: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        from aiida_alkit.io.arrays import ConfigurationArrays
+
+        self._calls += 1
+        n = system.n_structures
+        if (self._calls - 1) % self.check_every:
+            return np.full(n, '', dtype=object).astype(str), {'gamma': np.full(n, np.nan)}
+        frames = ConfigurationArrays(
+            positions=system.positions,
+            numbers=system.numbers,
+            cells=system.cells,
+            pbc=system.pbc,
+            offsets=system.offsets,
+        )
+        features = compute_features(self.model, frames, per_atom=False, feature_map=self.feature_map).structure
+        gamma = np.atleast_1d(np.asarray(self.active_set.extrapolation_grade(np.asarray(features)), dtype=np.float64))
+        reasons = np.where(gamma > self.active_set.gamma_break, 'extrapolation', '')
+        return reasons.astype(str), {'gamma': gamma}

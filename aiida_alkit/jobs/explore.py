@@ -9,7 +9,13 @@ check) and ``parameters.json``::
      "sample_every": 10, "seed": 0,
      "bias": {"kind": "none" | "committee" | "gradient" | "hal", "tau": 0.0, "relative_tau": null,
               "stress_tau": 0.0, "species_strength": {}, "dim": 256},
-     "stop": {"max_force": 20.0, "min_distance_fraction": 0.75, "uncertainty": null},   # eV/Å
+     "stop": {"max_force": 20.0, "min_distance_fraction": 0.75,   # eV/Å; unphysical frames
+              "uncertainty": null,        # eV/Å: committee force deviation, or the calibrated gradient-feature
+                                          # atom uncertainty of a single model (seed 003), above which a walker stops
+              "calibration_alpha": 0.1,   # conformal miscoverage of that calibration
+              "hal": null,                # {"s_tol": 0.5, "f_tol": null}: HAL's stop (seed 002 eq. 6-8), bias hal
+              "gamma_break": null,        # D-optimality extrapolation grade above which a walker stops (seed 004)
+              "check_every": 1},          # MD steps between two gamma evaluations
      "features": {"kind": "sketch", "dim": 512},  # null: no gradient features
      "kpu": {"fraction": 0.5},                    # when the potential carries RLEKF P blocks
      "device": "auto", "num_threads": null}
@@ -70,7 +76,7 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from aiida_alkit.exploration.bias import AdaptiveStrength, BiasedPotential
-    from aiida_alkit.exploration.dynamics import BatchedMD, BerendsenBarostat, PhysicalLimits, UncertaintyThreshold
+    from aiida_alkit.exploration.dynamics import BatchedMD, BerendsenBarostat, PhysicalLimits
     from aiida_alkit.exploration.pool import CandidatePool
     from aiida_alkit.jobs.train import _device
 
@@ -92,6 +98,8 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     term = _bias_term(kind, bias, members, train)
     strength: Any = AdaptiveStrength(bias['relative_tau']) if bias.get('relative_tau') else bias.get('tau', 0.0)
     pressure = parameters.get('pressure_GPa')
+    stop = dict(parameters.get('stop') or {})
+    criteria, term = _stop_criteria(stop, kind, bias, term, members, train)
     potential = BiasedPotential(
         model if len(members) > 1 else members[0],
         term=term,
@@ -100,10 +108,6 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
         species_strength=bias.get('species_strength') or None,
         compute_stress=pressure is not None,
     )
-    stop = dict(parameters.get('stop') or {})
-    criteria = []
-    if stop.get('uncertainty') is not None and len(members) > 1:
-        criteria.append(UncertaintyThreshold(float(stop['uncertainty'])))
     physical = PhysicalLimits(
         max_force=float(stop.get('max_force', 20.0)),
         training_min_distance=_training_min_distance(train),
@@ -182,6 +186,72 @@ def _bias_term(kind: str, bias: dict[str, Any], members: list, train: Configurat
         force_features = [structure_force_features(model, atoms)[1] for atoms in structures]
         design, targets = _hal_design(features, train, chosen, force_features, [a.get_forces() for a in structures])
     return HALUncertainty(model, BayesianRidge().fit(design, targets), atom_quantity=None)
+
+
+def _stop_criteria(stop: dict[str, Any], kind: str, bias: dict[str, Any], term, members: list, train):
+    """The papers' MD stop criteria (besides the physical limits) and the bias term they need.
+
+    ``stop.uncertainty`` (eV/Å): a committee stops on its max atom force deviation; a single model on its gradient
+    -feature atom uncertainty, conformally calibrated to a force-error bound (seed 003 Methods; the GP is fitted on
+    the 'train' rows, calibrated on the 'valid' rows), which then also is the bias term of the ``gradient`` bias (or a
+    zero-strength term without bias). ``stop.hal``: HAL's relative-force / softmax criterion (seed 002 eq. 6-8) on the
+    HAL term's member forces. ``stop.gamma_break``: the D-optimality extrapolation grade (seed 004).
+    """
+    from aiida_alkit.exploration.dynamics import HALStop, UncertaintyThreshold
+    from aiida_alkit.exploration.terms import ExtrapolationGradeStop, atom_values
+
+    criteria: list[Any] = []
+    threshold = stop.get('uncertainty')
+    if threshold is not None:
+        if len(members) > 1:
+            criteria.append(UncertaintyThreshold(float(threshold)))
+        elif kind in ('none', 'gradient'):
+            calibrated_term = _calibrated_gradient_term(
+                members[0], bias, train, float(stop.get('calibration_alpha', 0.1))
+            )
+            if calibrated_term is None:
+                progress(
+                    'stop.uncertainty not applied: calibrating it needs >= 2 validation configurations with forces'
+                )
+            else:
+                term = calibrated_term
+                criteria.append(UncertaintyThreshold(float(threshold), atom_uncertainty=atom_values))
+        else:
+            raise ValueError(
+                f'stop.uncertainty is for committees and the gradient bias; with bias {kind!r} use stop.hal'
+            )
+    hal = stop.get('hal')
+    if hal:
+        if kind != 'hal':
+            raise ValueError(f'stop.hal needs bias kind "hal", not {kind!r}')
+        term.atom_quantity = 'relative_force'
+        criteria.append(HALStop(f_tol=hal.get('f_tol'), s_tol=hal.get('s_tol', 0.5), relative_force=atom_values))
+    if stop.get('gamma_break') is not None:
+        if train is None:
+            raise ValueError('stop.gamma_break needs the training set (input "training")')
+        criteria.append(
+            ExtrapolationGradeStop.from_training(
+                members[0], train, float(stop['gamma_break']), check_every=int(stop.get('check_every', 1))
+            )
+        )
+    return criteria, term
+
+
+def _calibrated_gradient_term(model, bias: dict[str, Any], train: ConfigurationArrays | None, alpha: float):
+    """Gradient-feature posterior term fitted on the 'train' rows, atom values calibrated on the 'valid' rows."""
+    from aiida_alkit.exploration.terms import GradientFeatureUncertainty, calibrated, fit_atom_calibrator
+
+    if train is None or train.forces is None or 'split' not in train.info:
+        return None
+    valid = np.flatnonzero(train.info['split'] == 'valid')
+    fit = np.flatnonzero(train.info['split'] != 'valid')
+    if valid.size < 2 or fit.size < 1:
+        return None
+    term = GradientFeatureUncertainty.from_data(
+        model, train.subset(fit), kind='posterior', dim=int(bias.get('dim', 256))
+    )
+    structures = [train.get_atoms(int(i)) for i in valid]
+    return calibrated(term, fit_atom_calibrator(term, structures, alpha=alpha))
 
 
 def _hal_design(features, train, chosen, force_features, forces):
