@@ -522,7 +522,7 @@ def fit_atom_calibrator(
 class ExtrapolationGradeStop:
     """Stop a walker whose extrapolation grade exceeds ``gamma_break`` (seeds/004, D-optimality).
 
-    γ = max_j |c_j| with ``c = b A^-1`` (:meth:`~aiida_alkit.uncertainty.doptimal.ActiveSet.extrapolation_grade`),
+    ``γ = max_j |c_j|`` with ``c = b A^-1`` (:meth:`~aiida_alkit.uncertainty.doptimal.ActiveSet.extrapolation_grade`),
     ``b`` the walker's structure features (FEAT(LL) sums by default, as the ``dopt`` selection uses them) and ``A``
     the active set built by MaxVol from the training structures' features. Computing the features costs one backward
     pass per walker, so the grade is evaluated every ``check_every`` MD steps (recorded as ``gamma``, NaN between).
