@@ -49,11 +49,16 @@ class DatasetData(orm.Data):
         return cls(ConfigurationArrays.from_atoms(structures, info_keys=info_keys), validate=False, **kwargs)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, fmt: str | None = None, **kwargs: Any) -> DatasetData:
-        """Read an extxyz or MLIP-2 ``.cfg`` file (see :mod:`aiida_alkit.io`)."""
+    def from_file(
+        cls, path: str | os.PathLike, fmt: str | None = None, species: Sequence[str] | None = None, **kwargs: Any
+    ) -> DatasetData:
+        """Read an extxyz or MLIP-2 ``.cfg`` file (see :mod:`aiida_alkit.io`).
+
+        :param species: element of each ``.cfg`` type index (needed unless the file has an ``alkit_species`` line).
+        """
         from aiida_alkit.io import read_configurations
 
-        return cls.from_atoms(read_configurations(path, fmt=fmt), **kwargs)
+        return cls.from_atoms(read_configurations(path, fmt=fmt, species=species), **kwargs)
 
     def set_arrays(self, arrays: ConfigurationArrays, validate: bool = True) -> None:
         """Replace the content of an unstored node."""

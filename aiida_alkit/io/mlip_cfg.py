@@ -37,7 +37,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-__all__ = ['read_cfg', 'write_cfg']
+__all__ = ['CfgFormatError', 'read_cfg', 'write_cfg']
 
 _SPECIES_FEATURE = 'alkit_species'
 _STRESS_ORDER = ('xx', 'yy', 'zz', 'yz', 'xz', 'xy')

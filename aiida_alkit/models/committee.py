@@ -5,7 +5,7 @@ their predictions. For atom i with member forces F_i^k (k = 1..K) and the member
 
     ε_i = sqrt( (1/K) Σ_k ||F_i^k - F̄_i||² )                                    [eV/Å]
 
-and the per-structure indicator is ``max_i ε_i`` (the quantity DP-GEN's trust window ``[lo, hi)`` is applied to).
+and the per-structure indicator is ``max_i ε_i`` (the quantity DP-GEN's trust window ``[lo, hi]`` is applied to).
 Standard deviations are population ones (divide by K), as DP-GEN's ``np.std``.
 
 One file holds the whole committee: :func:`~aiida_alkit.models.serialization.save_potential_file` with

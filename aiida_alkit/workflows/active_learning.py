@@ -347,6 +347,8 @@ class ActiveLearningWorkChain(WorkChain):
         builder.schedule = orm.Dict(inputs.get('schedule', {}))
         for stage in ('train', 'explore', 'select'):
             builder[stage]['parameters'] = orm.Dict((inputs.get(stage) or {}).get('parameters', {}))
+            if stage != 'select' and (inputs.get(stage) or {}).get('options'):
+                builder[stage]['options'] = orm.Dict(inputs[stage]['options'])  # metadata.options of the jobs
         label = dict(label or {})
         if label:
             builder.label = _wrap_label_inputs(label)

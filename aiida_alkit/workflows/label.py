@@ -140,6 +140,12 @@ class LabelWorkChain(WorkChain):
         spec.input('ase.calculator', valid_type=orm.Str, required=False, help='Import path of an allowed calculator.')
         spec.input('ase.calculator_kwargs', valid_type=orm.Dict, required=False, help='Calculator keyword arguments.')
         spec.input(
+            'ase.options',
+            valid_type=orm.Dict,
+            required=False,
+            help='metadata.options of the ASE label job (default: one process, one hour).',
+        )
+        spec.input(
             'max_force',
             valid_type=orm.Float,
             default=lambda: orm.Float(DEFAULT_MAX_FORCE),
@@ -234,6 +240,9 @@ class LabelWorkChain(WorkChain):
             builder.calculator_kwargs = self.inputs.ase.calculator_kwargs
         builder.max_force = self.inputs.max_force
         builder.metadata.options.max_wallclock_seconds = 3600
+        if 'options' in self.inputs.ase:
+            for key, value in self.inputs.ase.options.get_dict().items():
+                builder.metadata.options[key] = value
         builder.metadata.call_link_label = 'ase_label'
         node = self.submit(builder)
         self.report(f'labelling {len(self.inputs.structures)} structures with {builder.calculator.value} <{node.pk}>')

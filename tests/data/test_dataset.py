@@ -77,3 +77,13 @@ def test_from_file(aiida_profile, tmp_path, copper_structures):
     node = DatasetData.from_file(tmp_path / 'set.cfg')
     assert len(node) == 5
     assert node.labels == ['energy', 'forces', 'stress']
+
+
+def test_from_plain_mlip2_file_with_species(aiida_profile):
+    """An MLIP-2 file without our species line: the element of each type index is given by the caller."""
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / 'data_files' / 'mlip2_example.cfg'
+    dataset = DatasetData.from_file(path, species=['Al', 'Cu'])
+    assert dataset.species == ['Al', 'Cu']
+    assert dataset.labels == ['energy', 'forces', 'stress']

@@ -80,8 +80,14 @@ def test_protocol_and_validation(alkit_python_code):
     with pytest.raises(ValueError, match='unknown protocol'):
         ActiveLearningWorkChain.get_builder_from_protocol(alkit_python_code, _copper(2, True), protocol='quick')
     builder = ActiveLearningWorkChain.get_builder_from_protocol(
-        alkit_python_code, _copper(2, True), protocol='fast', strategy='dpgen', label=_emt(alkit_python_code)
+        alkit_python_code,
+        _copper(2, True),
+        protocol='fast',
+        strategy='dpgen',
+        overrides={'train': {'options': {'max_wallclock_seconds': 7200}}},
+        label=_emt(alkit_python_code),
     )
+    assert builder.train.options['max_wallclock_seconds'] == 7200  # scheduler options through the overrides
     assert builder.select.parameters['method'] == 'trust'
     assert builder.train.parameters['committee_size'] == 4
     assert 'initial_dataset' in builder

@@ -29,9 +29,15 @@ def test_ase_engine(alkit_python_code):
         LabelWorkChain,
         structures=structures,
         engine=orm.Str('ase'),
-        ase={'code': alkit_python_code, 'calculator': orm.Str('ase.calculators.emt.EMT')},
+        ase={
+            'code': alkit_python_code,
+            'calculator': orm.Str('ase.calculators.emt.EMT'),
+            'options': orm.Dict({'max_wallclock_seconds': 1234}),
+        },
     )
     assert node.is_finished_ok, node.exit_message
+    (job,) = [n for n in node.called if n.process_label == 'AseLabelCalculation']
+    assert job.get_option('max_wallclock_seconds') == 1234  # scheduler options reach the job
     labelled = results['labelled']
     assert list(labelled.arrays.info['pick']) == ['pick_0', 'pick_2']
     assert list(labelled.arrays.info['structure_uuid']) == [structures['pick_0'].uuid, structures['pick_2'].uuid]
