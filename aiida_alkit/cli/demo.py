@@ -226,7 +226,7 @@ def print_campaign_summary(node, echo=click.echo, plot: str | None = None) -> No
 
 
 @main.command('demo')
-@click.option('--fast', is_flag=True, help='EMT copper instead of pw.x aluminium (about a minute).')
+@click.option('--fast', is_flag=True, help='EMT copper instead of pw.x aluminium (a few minutes).')
 @click.option('--rounds', type=int, default=None, help=f'Maximum number of rounds (default {DEMO_MAX_ROUNDS}).')
 @click.option('--plot', default='alkit-demo.png', show_default=True, help='Where to write the learning-curve PNG.')
 def demo_command(fast: bool, rounds: int | None, plot: str) -> None:
