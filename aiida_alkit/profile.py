@@ -221,7 +221,8 @@ def _ensure_computer(report: SetupReport):
         ).store()
         report.add(f'computer {COMPUTER}', 'created', f'work dir {workdir}')
     if not computer.is_configured:
-        computer.configure(safe_interval=0)
+        # no login shell: a `bash -l` per transport command costs 0.2-0.3 s of shell start-up (bench_engine.py)
+        computer.configure(safe_interval=0, use_login_shell=False)
     computer.set_minimum_job_poll_interval(1)
     computer.set_default_mpiprocs_per_machine(1)
     return computer
