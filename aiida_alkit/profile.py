@@ -148,6 +148,10 @@ def _ensure_profile(name: str, postgres: bool, rabbitmq: bool, report: SetupRepo
         broker_config=broker_config,
     )
     config.set_option('runner.poll.interval', 1, scope=name)
+    # verdi's daemon and broker calls time out after 2 s / 10 s by default, which a busy 2-core machine exceeds
+    # (the command reports a failure although the daemon stopped or the process was killed)
+    config.set_option('daemon.timeout', 20, scope=name)
+    config.set_option('broker.task_timeout', 60, scope=name)
     # Labels are cached: the same structure with the same DFT inputs is never computed twice.
     config.set_option('caching.default_enabled', False, scope=name)
     config.set_option('caching.enabled_for', ['aiida.calculations:quantumespresso.pw'], scope=name)

@@ -93,6 +93,7 @@ SELECT_PARAMETERS = (
     'lo',
     'hi',
     'uncertain_above',
+    'gamma_select',
 )
 
 

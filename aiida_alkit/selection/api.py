@@ -72,6 +72,8 @@ def select(
     :param scores: per-candidate arrays: ``kpu`` (alkpu), ``max_force_deviation`` in eV/Å (trust).
     :param posterior: feature methods work on GP-posterior-transformed features (seed 001 eq. 21-23; σ² from
         ``sigma2`` or the paper's data-dependent choice); the candidate score is then the posterior variance.
+    :param options: method options, e.g. ``gamma_select`` of ``maxvol`` (default 2): candidates whose extrapolation
+        grade is at most this count as accurate (seed 004), the scores are the grades.
     :param uncertain_above: feature methods only: candidates whose ``scores['calibrated_uncertainty']`` (eV/Å) is at
         most this are *accurate*; the batch is chosen among the others (seed 003's calibrated threshold; DP-GEN's
         accurate ratio then measures convergence). None: every candidate may be picked.
@@ -93,13 +95,22 @@ def select(
                 raise ValueError('uncertain_above needs scores["calibrated_uncertainty"] (eV/Å) from the exploration')
             calibrated = np.asarray(scores['calibrated_uncertainty'], dtype=np.float64)
             eligible = np.flatnonzero(~(calibrated <= float(uncertain_above)))  # NaN counts as uncertain
+        grades = None
+        if method == 'maxvol' and uncertain_above is None:  # seed 004: gamma <= gamma_select is reliable (accurate)
+            from aiida_alkit.uncertainty.doptimal import DEFAULT_GAMMA_SELECT, ActiveSet
+
+            gamma_select = float(options.get('gamma_select', DEFAULT_GAMMA_SELECT))
+            active = ActiveSet(gamma_select=gamma_select, gamma_break=max(gamma_select, 10.0)).fit(train)
+            grades = np.atleast_1d(np.asarray(active.extrapolation_grade(pool), dtype=np.float64))
+            eligible = np.flatnonzero(grades > gamma_select)
         if posterior and method != 'maxvol':
             noise = paper_sigma2(train) if sigma2 is None else float(sigma2)
             pool = np.asarray(posterior_transform(pool, train, noise))
-        candidate_scores = np.einsum('ij,ij->i', pool, pool)
+        candidate_scores = np.einsum('ij,ij->i', pool, pool) if grades is None else grades
         indices, gains, status = np.zeros(0, dtype=np.int64), np.zeros(0), None
         if eligible.size:
-            size = min(batch_size, eligible.size) if uncertain_above is not None else batch_size
+            restricted = uncertain_above is not None or grades is not None
+            size = min(batch_size, eligible.size) if restricted else batch_size
             reference = None if posterior and method != 'maxvol' else train
             result = select_batch(method, pool[eligible], reference, size, **options)
             indices, gains, status = eligible[result.indices], result.gains, result.status

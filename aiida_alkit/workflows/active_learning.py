@@ -5,8 +5,11 @@ graph (selection: :func:`~aiida_alkit.calculations.functions.select_candidates`;
 :func:`~aiida_alkit.calculations.functions.merge_datasets`). Convergence, checked after each exploration:
 
 * ``max_rounds`` rounds were run, or the ``label_budget`` (number of labelled structures) is spent;
-* the fraction of explored candidates flagged *accurate* reaches ``accurate_fraction`` (DP-GEN's criterion; only
-  window strategies — ``dpgen``, ``alkpu`` — classify candidates as accurate);
+* the fraction of explored candidates flagged *accurate* reaches ``accurate_fraction`` (DP-GEN's criterion; the
+  window strategies ``dpgen`` and ``alkpu``, ``gradient`` through ``uncertain_above`` (a calibrated bound in eV/Å) and
+  ``dopt`` (extrapolation grade at most ``gamma_select``) classify candidates as accurate), or nothing is left to
+  select — at the *last* stage of the ``schedule``: at an earlier stage the campaign moves on to the next scheduled
+  exploration (temperature, pressure) without labelling, as DP-GEN's stages do;
 * with a ``test_dataset``: its force RMSE falls below ``target_force_rmse`` (eV/Å).
 
 A failed label never stops a round; the campaign stops with ``ERROR_TOO_MANY_FAILED_LABELS`` only when more than
@@ -42,7 +45,7 @@ from aiida_alkit.data.potential import PotentialData, PotentialFileError
 from aiida_alkit.io.arrays import MIN_INTERATOMIC_DISTANCE
 from aiida_alkit.selection.api import METHODS
 from aiida_alkit.workflows.explore import ExploreWorkChain
-from aiida_alkit.workflows.label import LabelWorkChain
+from aiida_alkit.workflows.label import LabelWorkChain, failure_reason
 from aiida_alkit.workflows.labelling import deep_merge
 from aiida_alkit.workflows.train import TrainWorkChain
 
@@ -750,12 +753,22 @@ class ActiveLearningWorkChain(WorkChain):
         explored = max(1, self.ctx.current['explored'])
         accurate = counts['n_accurate'] / explored
         self.ctx.current['accurate_fraction'] = accurate
-        if accurate >= self.inputs.accurate_fraction.value:
-            self.ctx.converged = True
-            self.ctx.stop_reason = f'{accurate:.0%} of the explored candidates are accurate'
-        elif 'target_force_rmse' in self.inputs and self._test_force_rmse() < self.inputs.target_force_rmse.value:
+        self.ctx.stage_done = False
+        stage_converged = accurate >= self.inputs.accurate_fraction.value or not self.ctx.picks
+        if 'target_force_rmse' in self.inputs and self._test_force_rmse() < self.inputs.target_force_rmse.value:
             self.ctx.converged = True
             self.ctx.stop_reason = 'test-set force RMSE below the target'
+        elif stage_converged and self.ctx.round < self._schedule_length():
+            # DP-GEN's stages: this exploration condition is learnt, move on to the next scheduled one unlabelled
+            self.ctx.stage_done = True
+            self.ctx.current['stage_converged'] = True
+            self.report(
+                f'round {self.ctx.round}: {accurate:.0%} accurate, {len(self.ctx.picks)} picks at this stage; '
+                'moving on to the next scheduled exploration without labelling'
+            )
+        elif accurate >= self.inputs.accurate_fraction.value:
+            self.ctx.converged = True
+            self.ctx.stop_reason = f'{accurate:.0%} of the explored candidates are accurate'
         elif not self.ctx.picks:
             self.ctx.converged = True
             self.ctx.stop_reason = 'nothing left to select'
@@ -765,7 +778,12 @@ class ActiveLearningWorkChain(WorkChain):
         )
 
     def should_label(self) -> bool:
-        return not self.ctx.converged
+        return not self.ctx.converged and not self.ctx.stage_done
+
+    def _schedule_length(self) -> int:
+        """Number of distinct exploration stages in the schedule (the longest list; 1 without a schedule)."""
+        lengths = [len(values) for values in self.ctx.schedule.values() if isinstance(values, list)]
+        return max(lengths, default=1)
 
     def _test_force_rmse(self) -> float:
         return self.ctx.potential.metrics.get('test_forces_rmse_ev_per_ang', float('inf'))
@@ -779,7 +797,12 @@ class ActiveLearningWorkChain(WorkChain):
 
     def inspect_label(self):
         node = self.ctx.label
-        failures = node.outputs.failures.get_dict() if 'failures' in node.outputs else {}
+        if 'failures' in node.outputs:
+            failures = node.outputs.failures.get_dict()
+        else:  # the label work chain itself was killed or excepted: none of the picks was labelled
+            reason = failure_reason(node)
+            failures = {key: reason for key in self.ctx.picks}
+            self.report(f'round {self.ctx.round}: {reason}; its {len(failures)} picks count as failed labels')
         total = len(self.ctx.picks)
         labelled = len(node.outputs.labelled) if 'labelled' in node.outputs else 0
         self.ctx.current.update({'labelled': labelled, 'failed_labels': len(failures)})

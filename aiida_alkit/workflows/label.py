@@ -20,9 +20,20 @@ from aiida_alkit.io.arrays import ConfigurationArrays
 from aiida_alkit.jobs.label import DEFAULT_MAX_FORCE
 from aiida_alkit.profile import PSEUDO_FAMILY
 
-__all__ = ['LabelWorkChain', 'gather_labels', 'pack_structures']
+__all__ = ['LabelWorkChain', 'failure_reason', 'gather_labels', 'pack_structures']
 
 ENGINES = ('pw', 'ase')
+
+
+def failure_reason(node: orm.ProcessNode) -> str:
+    """Why the label process ``node`` produced no labels: killed (with its process status), excepted, or failed."""
+    name = f'{node.process_label}<{node.pk}>'
+    if node.is_killed:
+        return f'{name} was killed: {node.process_status or "no reason recorded"}'
+    if node.is_excepted:
+        lines = (node.exception or '').strip().splitlines()
+        return f'{name} excepted: {lines[-1] if lines else "no exception recorded"}'
+    return f'{name} failed with exit status {node.exit_status}: {node.exit_message}'
 
 
 @calcfunction
@@ -213,7 +224,7 @@ class LabelWorkChain(WorkChain):
             if node.is_finished_ok:
                 self.ctx.finished[key] = node
             else:
-                reason = f'PwBaseWorkChain<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}'
+                reason = failure_reason(node)
                 self.ctx.failed[key] = reason
                 self.report(f'failed label {key}: {reason}')
 
@@ -253,7 +264,8 @@ class LabelWorkChain(WorkChain):
         if 'failures' in node.outputs:
             self.ctx.failures = name_ase_failures(self.ctx.packed, node.outputs.failures)
         else:
-            reason = f'AseLabelCalculation<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}'
+            reason = failure_reason(node)
+            self.report(f'{len(self.inputs.structures)} failed labels: {reason}')
             # the job produced nothing to derive the record from: the work chain writes it (returned, not created)
             self.ctx.failures = orm.Dict({key: reason for key in self.inputs.structures}).store()
         self.ctx.labelled = node.outputs.labelled if 'labelled' in node.outputs else None

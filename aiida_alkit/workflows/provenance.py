@@ -79,6 +79,14 @@ def _output(node: orm.Node, link_label: str) -> orm.Node | None:
     return links[0].node if links else None
 
 
+def _label_picks(label_node: orm.ProcessNode) -> list[str]:
+    """The pick names of the structures given to a label process (its ``structures__<pick>`` inputs)."""
+    links = label_node.base.links.get_incoming(
+        link_type=LinkType.INPUT_WORK, link_label_filter=f'{_STRUCTURES_PREFIX}%'
+    ).all()
+    return sorted(link.link_label[len(_STRUCTURES_PREFIX) :] for link in links)
+
+
 def _caller_link(process: orm.ProcessNode) -> tuple[str, orm.ProcessNode] | None:
     links = process.base.links.get_incoming(link_type=_CALL_LINKS).all()
     return (links[0].link_label, links[0].node) if links else None
@@ -261,13 +269,19 @@ def failed_labels(campaign: orm.ProcessNode) -> list[dict[str, Any]]:
     Each record: ``round``, ``pick``, ``reason``, ``structure`` (uuid of the StructureData that failed, or ``None``)
     and ``label_process`` (pk of the LabelWorkChain). Label processes still running are skipped.
     """
+    from aiida_alkit.workflows.label import failure_reason
+
     records = []
     for link_label, node in called_processes(campaign, link_label_filter='label_%'):
         failures = _output(node, 'failures')
-        if failures is None:
+        if failures is not None:
+            reasons = failures.get_dict()
+        elif node.is_terminated:  # killed or excepted before it wrote its record: every structure failed
+            reasons = dict.fromkeys(_label_picks(node), failure_reason(node))
+        else:
             continue
         number = round_from_link_label(link_label)
-        for pick, reason in failures.get_dict().items():
+        for pick, reason in reasons.items():
             structure = _input(node, f'{_STRUCTURES_PREFIX}{pick}')
             records.append(
                 {
@@ -354,7 +368,13 @@ def campaign_rounds(campaign: orm.ProcessNode) -> list[dict[str, Any]]:
             failures = _output(node, 'failures')
             labelled = _output(node, 'labelled')
             current['labelled'] = len(labelled) if labelled is not None else 0
-            current['failed_labels'] = len(failures.get_dict()) if failures is not None else 0
+            current['failed_labels'] = (
+                len(failures.get_dict())
+                if failures is not None
+                else len(_label_picks(node))
+                if node.is_terminated
+                else 0
+            )
 
     sizes = _merged_sizes(campaign)
     numbers = sorted(rows)

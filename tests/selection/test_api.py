@@ -74,3 +74,19 @@ def test_calibrated_threshold_splits_accurate_from_uncertain(features):
     assert nothing_left.indices.size == 0 and nothing_left.n_accurate == 50
     with pytest.raises(ValueError, match='calibrated_uncertainty'):
         select('lcmd', 5, pool_features=pool, train_features=train, uncertain_above=0.15)
+
+
+def test_maxvol_counts_reliable_candidates_as_accurate():
+    """seed 004: a candidate with extrapolation grade <= gamma_select interpolates (accurate); only the others may be
+    picked, and each candidate's score is its grade."""
+    rng = np.random.default_rng(5)
+    train = rng.normal(size=(12, 4))
+    inside = 0.2 * train[:6]  # well inside the training hull: grade < 1
+    outside = 5.0 * rng.normal(size=(4, 4))  # far out: grade >> 2
+    pool = np.concatenate([inside, outside])
+    result = select('maxvol', 3, pool_features=pool, train_features=train)
+    assert result.n_accurate == 6 and result.n_candidate == 4
+    assert set(result.indices) <= set(range(6, 10)) and result.indices.size == 3
+    assert (result.scores[:6] <= 2.0).all() and (result.scores[6:] > 2.0).all()
+    everything = select('maxvol', 3, pool_features=pool, train_features=train, gamma_select=1e9)
+    assert everything.n_accurate == 10 and everything.indices.size == 0
