@@ -169,3 +169,30 @@ def test_one_round_of_every_other_strategy(alkit_python_code, strategy):
     select = next(n for n in node.called_descendants if getattr(n, 'process_label', '') == 'select_candidates')
     expected = {'alkpu': 'alkpu', 'hal': 'maxdet', 'dopt': 'maxvol', 'random': 'random'}[strategy]
     assert select.outputs.selection.base.attributes.get('method') == expected
+
+
+@pytest.mark.campaign
+def test_accurate_stage_moves_on_to_the_next_scheduled_one(alkit_python_code):
+    """DP-GEN's stages: a round whose candidates are all accurate at a non-final schedule stage labels nothing and
+    the campaign explores the next stage; at the last stage the same finding ends the campaign."""
+    overrides = {**TINY_OVERRIDES, 'max_rounds': 3}
+    builder = ActiveLearningWorkChain.get_builder_from_protocol(
+        alkit_python_code,
+        _copper(4, labelled=True),
+        protocol='fast',
+        strategy='dpgen',
+        overrides=overrides,
+        label=_emt(alkit_python_code),
+    )
+    builder.train.parameters = orm.Dict({**builder.train.parameters.get_dict(), 'committee_size': 2})
+    # every deviation is below lo: all candidates accurate
+    builder.select.parameters = orm.Dict({**builder.select.parameters.get_dict(), 'lo': 100.0, 'hi': 200.0})
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    rounds = results['report']['rounds']
+    assert [(entry['round'], entry['temperature_K']) for entry in rounds] == [(1, 300), (2, 600)]
+    assert rounds[0]['stage_converged'] and rounds[0]['accurate_fraction'] == 1.0
+    assert 'labelled' not in rounds[0]
+    assert results['report']['stop_reason'] == '100% of the explored candidates are accurate'
+    labels = [link.link_label for link in node.base.links.get_outgoing().all() if link.link_label.startswith('label')]
+    assert labels == []
