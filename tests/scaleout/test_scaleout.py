@@ -68,6 +68,7 @@ def inspect_load(campaigns: list[int], jobs: list[int]) -> dict[str, Any]:
 
 
 @pytest.mark.scaleout
+@pytest.mark.daemon
 @pytest.mark.parametrize('backend', BACKENDS)
 def test_three_campaigns_and_fifty_label_jobs(tmp_path, backend):
     started = time.monotonic()

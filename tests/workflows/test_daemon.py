@@ -49,6 +49,7 @@ SUBMIT = textwrap.dedent(
 
 
 @pytest.mark.campaign
+@pytest.mark.daemon
 def test_campaign_through_the_daemon(tmp_path):
     from .test_active_learning import TINY_OVERRIDES
 

@@ -120,6 +120,7 @@ def finish(campaign: int, timeout: float) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------- the tests
 @pytest.mark.faults
+@pytest.mark.daemon
 def test_daemon_stopped_mid_round_and_started_again(tmp_path):
     """The daemon stops while a round's exploration job runs; after ``verdi daemon start`` the campaign finishes as
     an uninterrupted one with the same inputs and seed: same rounds, same picks, same final training set."""
@@ -183,6 +184,7 @@ def test_daemon_stopped_mid_round_and_started_again(tmp_path):
 
 
 @pytest.mark.faults
+@pytest.mark.daemon
 def test_killed_label_job_is_a_failed_label(tmp_path):
     """``verdi process kill`` of the running label job of round 1: its picks become failed labels, kept in the graph
     with their reason, and the campaign goes on to round 2 and finishes.
@@ -261,6 +263,7 @@ def test_killed_label_job_is_a_failed_label(tmp_path):
 
 
 @pytest.mark.faults
+@pytest.mark.daemon
 def test_killed_label_workchain_is_a_failed_label(tmp_path):
     """``verdi process kill`` of the label *work chain* (``alkit.label``) of round 1 while its job runs: the picks
     should count as failed labels too (reason: killed), and the campaign go on.
