@@ -95,11 +95,10 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
 
     bias = dict(parameters.get('bias') or {})
     kind = bias.get('kind', 'none')
-    term = _bias_term(kind, bias, members, train)
     strength: Any = AdaptiveStrength(bias['relative_tau']) if bias.get('relative_tau') else bias.get('tau', 0.0)
     pressure = parameters.get('pressure_GPa')
     stop = dict(parameters.get('stop') or {})
-    criteria, term = _stop_criteria(stop, kind, bias, term, members, train)
+    criteria, term = _stop_criteria(stop, kind, bias, members, train)
     potential = BiasedPotential(
         model if len(members) > 1 else members[0],
         term=term,
@@ -188,8 +187,8 @@ def _bias_term(kind: str, bias: dict[str, Any], members: list, train: Configurat
     return HALUncertainty(model, BayesianRidge().fit(design, targets), atom_quantity=None)
 
 
-def _stop_criteria(stop: dict[str, Any], kind: str, bias: dict[str, Any], term, members: list, train):
-    """The papers' MD stop criteria (besides the physical limits) and the bias term they need.
+def _stop_criteria(stop: dict[str, Any], kind: str, bias: dict[str, Any], members: list, train):
+    """The papers' MD stop criteria (besides the physical limits) and the bias term (:func:`_bias_term`, built once).
 
     ``stop.uncertainty`` (eV/Å): a committee stops on its max atom force deviation; a single model on its gradient
     -feature atom uncertainty, conformally calibrated to a force-error bound (seed 003 Methods; the GP is fitted on
@@ -201,25 +200,26 @@ def _stop_criteria(stop: dict[str, Any], kind: str, bias: dict[str, Any], term, 
     from aiida_alkit.exploration.terms import ExtrapolationGradeStop, atom_values
 
     criteria: list[Any] = []
+    term = None
     threshold = stop.get('uncertainty')
     if threshold is not None:
         if len(members) > 1:
             criteria.append(UncertaintyThreshold(float(threshold)))
         elif kind in ('none', 'gradient'):
-            calibrated_term = _calibrated_gradient_term(
-                members[0], bias, train, float(stop.get('calibration_alpha', 0.1))
-            )
-            if calibrated_term is None:
+            # the calibrated term replaces the plain gradient bias term: fit the GP once, on the 'train' rows
+            term = _calibrated_gradient_term(members[0], bias, train, float(stop.get('calibration_alpha', 0.1)))
+            if term is None:
                 progress(
                     'stop.uncertainty not applied: calibrating it needs >= 2 validation configurations with forces'
                 )
             else:
-                term = calibrated_term
                 criteria.append(UncertaintyThreshold(float(threshold), atom_uncertainty=atom_values))
         else:
             raise ValueError(
                 f'stop.uncertainty is for committees and the gradient bias; with bias {kind!r} use stop.hal'
             )
+    if term is None:
+        term = _bias_term(kind, bias, members, train)
     hal = stop.get('hal')
     if hal:
         if kind != 'hal':
