@@ -25,10 +25,10 @@ fi
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
-python -m pytest "$@" -m daemon --basetemp "$scratch/basetemp" >"$scratch/daemon.log" 2>&1 &
+python -m pytest "$@" -m daemon --durations=10 --basetemp "$scratch/basetemp" >"$scratch/daemon.log" 2>&1 &
 daemon_pid=$!
 main_status=0
-python -m pytest "$@" -m "not daemon" || main_status=$?
+python -m pytest "$@" -m "not daemon" --durations=15 || main_status=$?
 daemon_status=0
 wait "$daemon_pid" || daemon_status=$?
 echo "--- tests with their own AiiDA daemon (pytest -m daemon), run alongside the above ---"
