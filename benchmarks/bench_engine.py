@@ -5,7 +5,10 @@ local runner, the one ``aiida.engine.run_get_node`` creates (no broker: the work
 by polling), on a throw-away embedded profile (SQLite storage, ``localhost`` computer with the direct
 scheduler, created by :func:`aiida_alkit.profile.setup_environment` in a temporary ``AIIDA_PATH``, with the settings
 ``alkit setup`` gives every profile). The exploration is sized to give ``--candidates`` (1000) candidates:
-walkers x steps / sample_every, on 4-atom fcc copper cells with a tiny GM-NN; the selection picks ``--batch`` of them.
+walkers x steps / sample_every; the selection picks ``--batch`` of them. ``--sizes tiny`` (default): 4-atom fcc copper
+cells and a tiny GM-NN trained for 60 epochs, so that the jobs take seconds and the engine's own cost shows;
+``--sizes production``: 32-atom cells and the ``balanced`` protocol's model (64x64, 5 Å), training (300 epochs) and
+gradient features (512-dimensional sketch), the jobs using every core: the share a user's default campaign sees.
 
 Measured side by side in the same run:
 
@@ -50,11 +53,13 @@ import numpy as np
 
 LATTICE = 3.61  # Å
 TIMED_CODE = 'alkit-python-timed'
+SIZES = ('tiny', 'production')
 STAGES = {'TrainCalculation': 'train', 'ExploreCalculation': 'explore', 'AseLabelCalculation': 'label'}
 
 
-def labelled_cells(n: int) -> list[Any]:
-    """``n`` EMT-labelled 4-atom fcc Cu cells, rattled and strained isotropically over ±2 %."""
+def labelled_cells(n: int, repeat: int = 1) -> list[Any]:
+    """``n`` EMT-labelled fcc Cu cells (the 4-atom cubic cell repeated ``repeat`` times along each axis), rattled and
+    strained isotropically over ±2 %."""
     from ase.build import bulk
     from ase.calculators.emt import EMT
 
@@ -62,7 +67,7 @@ def labelled_cells(n: int) -> list[Any]:
 
     frames = []
     for index, strain in enumerate(np.linspace(-0.02, 0.02, n)):
-        atoms = bulk('Cu', 'fcc', a=LATTICE * (1 + strain), cubic=True)
+        atoms = bulk('Cu', 'fcc', a=LATTICE * (1 + strain), cubic=True) * (repeat, repeat, repeat)
         atoms.rattle(stdev=0.05, seed=index)
         frames.append(with_labels(atoms, EMT))
     return frames
@@ -198,14 +203,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='200 candidates instead of 1000')
     parser.add_argument('--candidates', type=int, default=None, help='pool size (default 1000; quick: 200)')
+    parser.add_argument(
+        '--sizes',
+        choices=SIZES,
+        default='tiny',
+        help="job sizes: 'tiny' (4-atom cells, an 8x8 model trained 60 epochs: the engine's cost laid bare) or "
+        "'production' (32-atom cells, the balanced protocol's model, training and features, what a campaign runs "
+        'by default)',
+    )
     parser.add_argument('--walkers', type=int, default=10, help='MD walkers (the pool is walkers x frames)')
-    parser.add_argument('--sample-every', type=int, default=2, help='MD steps between candidate frames')
+    parser.add_argument(
+        '--sample-every', type=int, default=None, help='MD steps between candidate frames (tiny: 2, production: 10)'
+    )
     parser.add_argument('--batch', type=int, default=8, help='candidates selected and labelled')
-    parser.add_argument('--n-initial', type=int, default=8, help='labelled configurations to start from')
+    parser.add_argument(
+        '--n-initial', type=int, default=None, help='labelled configurations to start from (tiny: 8, production: 16)'
+    )
     parser.add_argument(
         '--no-login-shell',
         action='store_true',
-        help='configure localhost with use_login_shell=False (alkit setup leaves the default, a login shell)',
+        help='configure localhost with use_login_shell=False (as alkit setup does since 2026-11-21; kept for older profiles)',
     )
     parser.add_argument(
         '--poll-interval',
@@ -220,6 +237,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     candidates = args.candidates or (200 if args.quick else 1000)
+    production = args.sizes == 'production'
+    args.sample_every = args.sample_every or (10 if production else 2)
+    args.n_initial = args.n_initial or (16 if production else 8)
     if candidates % args.walkers:
         parser.error('--candidates must be a multiple of --walkers')
     steps = candidates // args.walkers * args.sample_every
@@ -252,23 +272,22 @@ def main() -> None:
         # a local runner without broker, as ``run_get_node`` creates one (children are noticed by polling)
         runner_options = {} if args.poll_interval is None else {'poll_interval': args.poll_interval}
         runner = get_manager().create_runner(communicator=None, **runner_options)
-        initial = DatasetData.from_atoms(labelled_cells(args.n_initial)).store()
+        initial = DatasetData.from_atoms(labelled_cells(args.n_initial, 2 if production else 1)).store()
+        # production: the balanced protocol's model, training and features; the jobs use every core (torch default)
+        threads = {} if production else {'num_threads': 1}
+        tiny_training = {
+            'model': {'cutoff': 4.0, 'n_basis': 4, 'n_radial': 2, 'hidden_widths': [8, 8]},
+            'training': {'epochs': 60, 'batch_size': 4},
+        }
         overrides = {
             'max_rounds': 1,
-            'train': {
-                'parameters': {
-                    'model': {'cutoff': 4.0, 'n_basis': 4, 'n_radial': 2, 'hidden_widths': [8, 8]},
-                    'training': {'epochs': 60, 'batch_size': 4},
-                    'num_threads': 1,
-                    'device': 'cpu',
-                }
-            },
+            'train': {'parameters': {**({} if production else tiny_training), **threads, 'device': 'cpu'}},
             'explore': {
                 'parameters': {
                     'walkers': args.walkers,
                     'steps': steps,
                     'sample_every': args.sample_every,
-                    'num_threads': 1,
+                    **threads,
                     'device': 'cpu',
                 }
             },
@@ -278,7 +297,7 @@ def main() -> None:
         builder = ActiveLearningWorkChain.get_builder_from_protocol(
             code,
             initial,
-            protocol='fast',
+            protocol='balanced' if production else 'fast',
             strategy='gradient',
             overrides=overrides,
             label={'engine': 'ase', 'ase': {'code': code, 'calculator': 'ase.calculators.emt.EMT'}},
@@ -330,7 +349,9 @@ def main() -> None:
             'nodes_by_type': nodes,
             'setup': {
                 'strategy': 'gradient',
-                'atoms_per_cell': 4,
+                'sizes': args.sizes,
+                'protocol': 'balanced' if production else 'fast',
+                'atoms_per_cell': 32 if production else 4,
                 'walkers': args.walkers,
                 'steps': steps,
                 'sample_every': args.sample_every,
