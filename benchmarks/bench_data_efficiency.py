@@ -23,7 +23,8 @@ time on that runner (their train/explore/label jobs are separate processes), the
 * Strategy variants (presets of ``aiida_alkit/workflows/protocols/active_learning.yaml``): ``random``, ``dpgen``
   (committee of ``committee_size``), ``gradient_lcmd`` (the ``gradient`` preset), ``gradient_maxdet`` (the same
   with ``select.parameters.method = 'maxdet'``), ``alkpu`` (RLEKF, ``p0`` 100 as in ``bench_accuracy.py``),
-  ``hal``, ``dopt``. One departure from the presets: DP-GEN's trust window is [0.1, 1.5] eV/Å
+  ``hal``, ``dopt``. With ``--optimizer rlekf`` every single-model variant trains with RLEKF (the alkpu settings), so
+  that the selection is all that differs; dpgen keeps its Adam committee. One departure from the presets: DP-GEN's trust window is [0.1, 1.5] eV/Å
   (``--dpgen-window``). The preset's [0.05, 0.15] eV/Å suits converged committees; the small committees here
   disagree by 0.3-0.4 eV/Å (max atom force deviation) on 300 K frames after the first round, so with the preset
   every candidate is "failed", nothing is selected and the campaign ends after one round.
@@ -118,6 +119,7 @@ class Settings:
     walkers: int = 4
     steps: int = 100
     sample_every: int = 5
+    optimizer: str = 'preset'  # 'preset': each strategy's own; 'rlekf': every single-model strategy trains with RLEKF
 
     @classmethod
     def quick(cls) -> Settings:
@@ -189,7 +191,9 @@ def variant_overrides(settings: Settings, name: str) -> tuple[str, dict[str, Any
                 'select': {'parameters': {'lo': lo, 'hi': hi}},
             },
         )
-    if strategy != 'alkpu':
+    if strategy != 'alkpu' and settings.optimizer == 'rlekf' and strategy != 'dpgen':
+        overrides['train']['parameters']['optimizer'] = 'rlekf'  # the selection is then all that differs
+    elif strategy != 'alkpu':
         overrides['train']['parameters'].pop('rlekf')
     return strategy, overrides
 
@@ -551,6 +555,14 @@ def main() -> None:
         help='DP-GEN trust window, eV/Å (default 0.1 1.5; the preset is 0.05 0.15)',
     )
     parser.add_argument('--target-test-K', type=int, default=1400, help='test set the target applies to (K)')
+    parser.add_argument(
+        '--optimizer',
+        choices=('preset', 'rlekf'),
+        default='preset',
+        help="'preset': every strategy trains as its preset says (Adam; RLEKF for alkpu); 'rlekf': every "
+        'single-model strategy trains with RLEKF as alkpu does, so that only the selection differs (dpgen keeps its '
+        'Adam committee: committees train with Adam only)',
+    )
     parser.add_argument('--jobs', type=int, default=2, help='campaigns running at the same time')
     parser.add_argument('--plot', type=pathlib.Path, default=DEFAULT_PLOT, help='learning-curve PNG')
     parser.add_argument('--verbose', action='store_true', help="show the work chains' report lines")
@@ -558,6 +570,7 @@ def main() -> None:
     settings = Settings.quick() if args.quick else Settings()
     if args.dpgen_window:
         settings = dataclasses.replace(settings, dpgen_window=tuple(args.dpgen_window))
+    settings = dataclasses.replace(settings, optimizer=args.optimizer)
     args.seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     names = [name.strip() for name in args.strategies.split(',') if name.strip()]
     unknown = sorted(set(names) - set(VARIANTS))
