@@ -123,13 +123,10 @@ def finish(campaign: int, timeout: float) -> dict[str, Any]:
 @pytest.mark.daemon
 def test_daemon_stopped_mid_round_and_started_again(tmp_path):
     """The daemon stops while a round's exploration job runs; after ``verdi daemon start`` the campaign finishes as
-    an uninterrupted one with the same inputs and seed: same rounds, same picks, same final training set.
-
-    Two daemon workers, and after the restart both campaigns run at once: the embedded back-end (SQLite + ZeroMQ)
-    under concurrent workers."""
+    an uninterrupted one with the same inputs and seed: same rounds, same picks, same final training set."""
     started = time.monotonic()
     overrides = campaign_overrides(seed=5, max_rounds=ROUNDS)
-    with daemon_profile(tmp_path, SQLITE_ZEROMQ, workers=2) as env:
+    with daemon_profile(tmp_path, SQLITE_ZEROMQ, workers=1) as env:
         caught = env.call(
             start_and_catch, overrides, ['ExploreCalculation'], r'explore_round_\d+', TIMEOUT_S, timeout=TIMEOUT_S + 120
         )
@@ -139,7 +136,7 @@ def test_daemon_stopped_mid_round_and_started_again(tmp_path):
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         while_stopped = env.call(process_states, [campaign, job['pk']])
         time.sleep(3)
-        env.start_daemon(2)
+        env.start_daemon(1)
         result = env.call(
             resume_and_compare, campaign, caught['dataset'], overrides, job['pk'], TIMEOUT_S, timeout=TIMEOUT_S + 120
         )
