@@ -1,8 +1,8 @@
 """Scale-out load: three campaigns and fifty label jobs at once through a two-worker daemon on PostgreSQL + RabbitMQ.
 
 The embedded back-end (SQLite + ZeroMQ) runs the daemon tests of ``tests/workflows/`` (one worker); the same load on
-it with two workers took four more minutes of the suite's twenty, so it is not part of the suite now (see the
-``BACKENDS`` of ``conftest.py`` to run it by hand).
+it with two workers took four more minutes of the suite's twenty, so it is not part of the suite now (to run it,
+parametrize ``backend`` with ``conftest.BACKENDS``, which holds both back-ends).
 
 ``pytest -m scaleout -s`` prints one JSON line with the load and the wall time (also written to
 ``scaleout-load.json`` in the test's ``tmp_path``). Each run uses its own ``AIIDA_PATH`` and profile; the PostgreSQL

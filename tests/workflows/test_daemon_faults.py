@@ -33,6 +33,7 @@ N_INITIAL = 6
 ROUNDS = 2
 PICKS = 2
 TIMEOUT_S = 420
+RESTART_TIMEOUT_S = 900  # two campaigns after the restart, next to the in-process tests on 2 busy cores
 
 
 def report_messages(report: str) -> list[str]:
@@ -119,70 +120,6 @@ def finish(campaign: int, timeout: float) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- the tests
-@pytest.mark.faults
-@pytest.mark.daemon
-def test_daemon_stopped_mid_round_and_started_again(tmp_path):
-    """The daemon stops while a round's exploration job runs; after ``verdi daemon start`` the campaign finishes as
-    an uninterrupted one with the same inputs and seed: same rounds, same picks, same final training set."""
-    started = time.monotonic()
-    overrides = campaign_overrides(seed=5, max_rounds=ROUNDS)
-    with daemon_profile(tmp_path, SQLITE_ZEROMQ, workers=1) as env:
-        caught = env.call(
-            start_and_catch, overrides, ['ExploreCalculation'], r'explore_round_\d+', TIMEOUT_S, timeout=TIMEOUT_S + 120
-        )
-        campaign, job = caught['campaign'], caught['job']
-        assert job is not None, 'no exploration job seen running'
-        stopped = env.stop_daemon()
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-        while_stopped = env.call(process_states, [campaign, job['pk']])
-        time.sleep(3)
-        env.start_daemon(1)
-        result = env.call(
-            resume_and_compare, campaign, caught['dataset'], overrides, job['pk'], TIMEOUT_S, timeout=TIMEOUT_S + 120
-        )
-        interrupted_report = process_report(env, campaign)
-        reference_report = process_report(env, result['reference'])
-        assert active_process_count(env) == 0
-    print(f'daemon restart test: stopped during {job}, states then {while_stopped}, {time.monotonic() - started:.0f} s')
-
-    # the daemon was stopped while the campaign (and, unless it just ended, its job) was still active
-    assert while_stopped[str(campaign)][0] not in ('finished', 'excepted', 'killed')
-    assert not result['waited']['pending'], result['waited']
-    interrupted, reference = result['interrupted_facts'], result['reference_facts']
-    assert interrupted['state'] == 'finished' and interrupted['exit_status'] == 0, interrupted['exit_message']
-    assert reference['state'] == 'finished' and reference['exit_status'] == 0, reference['exit_message']
-    # the interrupted job was picked up again, not run a second time
-    assert result['job'] == {
-        'state': 'finished',
-        'exit_status': 0,
-        'caller': 'ExploreWorkChain',
-        'caller_jobs': 1,
-    }
-    assert interrupted['descendants'] == reference['descendants']
-    assert all(key.endswith('finished 0') for key in interrupted['descendants']), interrupted['descendants']
-
-    # same structure of outputs as the uninterrupted campaign
-    assert [row['round'] for row in interrupted['rounds']] == [row['round'] for row in reference['rounds']]
-    assert len(interrupted['rounds']) == ROUNDS
-    for key in ('explored', 'selected', 'labelled', 'failed_labels', 'dataset_size', 'temperature_K'):
-        assert [row[key] for row in interrupted['rounds']] == [row[key] for row in reference['rounds']], key
-    # seeded training and MD on one CPU thread: the same pool indices are selected in every round ...
-    assert [s['indices'] for s in interrupted['selections']] == [s['indices'] for s in reference['selections']]
-    assert [s['pool_size'] for s in interrupted['selections']] == [s['pool_size'] for s in reference['selections']]
-    # ... and the final training sets are the same configurations with the same labels
-    assert interrupted['dataset']['size'] == reference['dataset']['size'] == N_INITIAL + PICKS * ROUNDS
-    assert interrupted['dataset']['rounds'] == reference['dataset']['rounds']
-    assert interrupted['dataset']['splits'] == reference['dataset']['splits']
-    np.testing.assert_allclose(interrupted['dataset']['energy'], reference['dataset']['energy'], rtol=0, atol=1e-10)
-    # no labelled data lost: every label of the interrupted campaign is in its final set
-    labelled = [uuid for label in interrupted['labels'] for uuid in label['labelled']]
-    assert len(labelled) == PICKS * ROUNDS
-    assert sorted(o for o in interrupted['dataset']['origins'] if o) == sorted(labelled)
-    # what the user reads: the same report, message for message (pks aside)
-    assert report_messages(interrupted_report) == report_messages(reference_report)
-    assert f'campaign finished after {ROUNDS} rounds: maximum of {ROUNDS} rounds reached' in interrupted_report
-
-
 @pytest.mark.faults
 @pytest.mark.daemon
 def test_killed_label_job_is_a_failed_label(tmp_path):
@@ -305,3 +242,75 @@ def test_killed_label_workchain_is_a_failed_label(tmp_path):
     assert sorted(r['structure'] for r in records) == sorted(label['inputs'].values())
     assert all('kill' in r['reason'].lower() for r in records), records
     assert f'labelled 0, failed {PICKS}' in report
+
+
+@pytest.mark.faults
+@pytest.mark.daemon
+def test_daemon_stopped_mid_round_and_started_again(tmp_path):
+    """The daemon stops while a round's exploration job runs; after ``verdi daemon start`` the campaign finishes as
+    an uninterrupted one with the same inputs and seed: same rounds, same picks, same final training set."""
+    started = time.monotonic()
+    overrides = campaign_overrides(seed=5, max_rounds=ROUNDS)
+    with daemon_profile(tmp_path, SQLITE_ZEROMQ, workers=1) as env:
+        caught = env.call(
+            start_and_catch, overrides, ['ExploreCalculation'], r'explore_round_\d+', TIMEOUT_S, timeout=TIMEOUT_S + 120
+        )
+        campaign, job = caught['campaign'], caught['job']
+        assert job is not None, 'no exploration job seen running'
+        stopped = env.stop_daemon()
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        while_stopped = env.call(process_states, [campaign, job['pk']])
+        time.sleep(3)
+        env.start_daemon(1)
+        result = env.call(
+            resume_and_compare,
+            campaign,
+            caught['dataset'],
+            overrides,
+            job['pk'],
+            RESTART_TIMEOUT_S,
+            timeout=RESTART_TIMEOUT_S + 120,
+        )
+        interrupted_report = process_report(env, campaign)
+        reference_report = process_report(env, result['reference'])
+        active = active_process_count(env)
+        listing = env.verdi('process', 'list', '-a', '-p', '1').stdout if active else ''
+        assert active == 0, f'{active} processes still active after the restart: {result["waited"]}\n{listing}'
+    print(f'daemon restart test: stopped during {job}, states then {while_stopped}, {time.monotonic() - started:.0f} s')
+
+    # the daemon was stopped while the campaign (and, unless it just ended, its job) was still active
+    assert while_stopped[str(campaign)][0] not in ('finished', 'excepted', 'killed')
+    assert not result['waited']['pending'], result['waited']
+    interrupted, reference = result['interrupted_facts'], result['reference_facts']
+    assert interrupted['state'] == 'finished' and interrupted['exit_status'] == 0, interrupted['exit_message']
+    assert reference['state'] == 'finished' and reference['exit_status'] == 0, reference['exit_message']
+    # the interrupted job was picked up again, not run a second time
+    assert result['job'] == {
+        'state': 'finished',
+        'exit_status': 0,
+        'caller': 'ExploreWorkChain',
+        'caller_jobs': 1,
+    }
+    assert interrupted['descendants'] == reference['descendants']
+    assert all(key.endswith('finished 0') for key in interrupted['descendants']), interrupted['descendants']
+
+    # same structure of outputs as the uninterrupted campaign
+    assert [row['round'] for row in interrupted['rounds']] == [row['round'] for row in reference['rounds']]
+    assert len(interrupted['rounds']) == ROUNDS
+    for key in ('explored', 'selected', 'labelled', 'failed_labels', 'dataset_size', 'temperature_K'):
+        assert [row[key] for row in interrupted['rounds']] == [row[key] for row in reference['rounds']], key
+    # seeded training and MD on one CPU thread: the same pool indices are selected in every round ...
+    assert [s['indices'] for s in interrupted['selections']] == [s['indices'] for s in reference['selections']]
+    assert [s['pool_size'] for s in interrupted['selections']] == [s['pool_size'] for s in reference['selections']]
+    # ... and the final training sets are the same configurations with the same labels
+    assert interrupted['dataset']['size'] == reference['dataset']['size'] == N_INITIAL + PICKS * ROUNDS
+    assert interrupted['dataset']['rounds'] == reference['dataset']['rounds']
+    assert interrupted['dataset']['splits'] == reference['dataset']['splits']
+    np.testing.assert_allclose(interrupted['dataset']['energy'], reference['dataset']['energy'], rtol=0, atol=1e-10)
+    # no labelled data lost: every label of the interrupted campaign is in its final set
+    labelled = [uuid for label in interrupted['labels'] for uuid in label['labelled']]
+    assert len(labelled) == PICKS * ROUNDS
+    assert sorted(o for o in interrupted['dataset']['origins'] if o) == sorted(labelled)
+    # what the user reads: the same report, message for message (pks aside)
+    assert report_messages(interrupted_report) == report_messages(reference_report)
+    assert f'campaign finished after {ROUNDS} rounds: maximum of {ROUNDS} rounds reached' in interrupted_report
