@@ -279,9 +279,12 @@ def test_daemon_stopped_mid_round_and_started_again(tmp_path):
         )
         interrupted_report = process_report(env, campaign)
         reference_report = process_report(env, result['reference'])
-        active = active_process_count(env)
-        listing = env.verdi('process', 'list', '-a', '-p', '1').stdout if active else ''
-        assert active == 0, f'{active} processes still active after the restart: {result["waited"]}\n{listing}'
+        # A calcfunction that the stop interrupted keeps its node in 'Created' (AiiDA does not resume calcfunctions:
+        # the work chain's step runs it again on restart); anything else still active is a process left behind.
+        listing = env.verdi('process', 'list').stdout
+        rows = [line for line in listing.splitlines() if re.match(r'\s*\d+\s', line)]
+        left = [row for row in rows if 'Created' not in row or 'WorkChain' in row or 'Calculation' in row]
+        assert not left, f'processes still active after the restart: {result["waited"]}\n{listing}'
     print(f'daemon restart test: stopped during {job}, states then {while_stopped}, {time.monotonic() - started:.0f} s')
 
     # the daemon was stopped while the campaign (and, unless it just ended, its job) was still active
