@@ -1,5 +1,15 @@
 """One entry point for every selection method, as the campaign's select step calls it (no AiiDA import).
 
+Feature methods follow seed 001's modes (its Sec. 3.2, the ``P`` / ``TP`` modes of its ref. 29, ``bmdal_reg``):
+
+* the kernel is FEAT (the gradient features as they are) or, with ``posterior=True``, GP: pool *and* training
+  features go through the same posterior transform of eq. 21-23 (σ² of Sec. 3.1.4 unless given);
+* **MaxDist** (eq. 28) and **LCMD** (eq. 29-31) are TP mode: the training points are centres, distances are taken to
+  ``X_train ∪ X_batch``;
+* **MaxDet** (eq. 27) and **MaxDiag** (eq. 26) are P mode: only the pool enters the greedy step; with GP the
+  training set enters through the transform (the posterior covariance), with FEAT it does not enter at all;
+* **MaxVol** (seed 004) fits its active set on the training features.
+
 ``select(method, ...)`` returns a :class:`Selection`: the picked pool indices in pick order, the per-step gains,
 one score and one rank per pool candidate (rank = position in the pick order, -1 if not picked) and the
 accurate / candidate / failed counts of DP-GEN's table (for greedy methods every finite candidate counts as a
@@ -13,14 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from aiida_alkit.selection.greedy import paper_sigma2, posterior_transform, select_batch
+from aiida_alkit.selection.greedy import nearest_training_distance, paper_sigma2, posterior_transform, select_batch
 from aiida_alkit.selection.windows import alkpu_window, committee_trust_window, random_selection
 
-__all__ = ['FEATURE_METHODS', 'METHODS', 'Selection', 'select']
+__all__ = ['FEATURE_METHODS', 'METHODS', 'TRAIN_CENTRE_METHODS', 'Selection', 'select', 'transformed_features']
 
 FEATURE_METHODS = ('maxdet', 'maxdist', 'lcmd', 'maxdiag', 'maxvol')
 WINDOW_METHODS = ('alkpu', 'trust')
 METHODS = (*FEATURE_METHODS, *WINDOW_METHODS, 'random')
+#: Feature methods whose greedy step uses the training points as centres (TP mode of seed 001); the others are P mode.
+TRAIN_CENTRE_METHODS = ('maxdist', 'lcmd')
 
 
 @dataclass
@@ -42,6 +54,30 @@ def _ranks(n: int, indices: np.ndarray) -> np.ndarray:
     ranks = np.full(n, -1, dtype=np.int64)
     ranks[indices] = np.arange(indices.size)
     return ranks
+
+
+def transformed_features(
+    pool: np.ndarray, train: np.ndarray, posterior: bool, sigma2: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pool and training features in the kernel's feature space: unchanged (FEAT) or both mapped by the GP posterior
+    transform of seed 001 eq. 23 (GP; σ² from ``sigma2`` or the data-dependent choice of its Sec. 3.1.4)."""
+    if not posterior:
+        return pool, train
+    noise = paper_sigma2(train) if sigma2 is None else float(sigma2)
+    return np.asarray(posterior_transform(pool, train, noise)), np.asarray(posterior_transform(train, train, noise))
+
+
+def _mode_arguments(method: str, train: np.ndarray) -> tuple[np.ndarray | None]:
+    """The training features the greedy step sees: centres (TP), the active set (MaxVol) or none (P mode)."""
+    return (train,) if method in (*TRAIN_CENTRE_METHODS, 'maxvol') else (None,)
+
+
+def _feature_scores(method: str, pool: np.ndarray, train: np.ndarray, posterior: bool) -> np.ndarray:
+    """Per-candidate score of a feature method: the posterior variance k(x, x | D) with GP (seed 001 eq. 22), the
+    distance to the nearest training point with FEAT in TP mode (seed 003 eq. 3), else the prior variance k(x, x)."""
+    if not posterior and method in TRAIN_CENTRE_METHODS and train.shape[0]:
+        return nearest_training_distance(pool, train)
+    return np.einsum('ij,ij->i', pool, pool)
 
 
 def select(
@@ -70,8 +106,11 @@ def select(
     :param pool_features: (N, d) gradient features of the candidates (feature methods).
     :param train_features: (M, d) features of the training set (feature methods).
     :param scores: per-candidate arrays: ``kpu`` (alkpu), ``max_force_deviation`` in eV/Å (trust).
-    :param posterior: feature methods work on GP-posterior-transformed features (seed 001 eq. 21-23; σ² from
-        ``sigma2`` or the paper's data-dependent choice); the candidate score is then the posterior variance.
+    :param posterior: feature methods use the GP kernel: pool and training features both posterior-transformed
+        (seed 001 eq. 21-23; σ² from ``sigma2`` or the paper's data-dependent choice); the candidate score is then the
+        posterior variance. False: the FEAT kernel (score: distance to the nearest training point for MaxDist and
+        LCMD, the squared feature norm for MaxDet and MaxDiag). See the module docstring for which method uses the
+        training points how.
     :param options: method options, e.g. ``gamma_select`` of ``maxvol`` (default 2): candidates whose extrapolation
         grade is at most this count as accurate (seed 004), the scores are the grades.
     :param uncertain_above: feature methods only: candidates whose ``scores['calibrated_uncertainty']`` (eV/Å) is at
@@ -103,16 +142,13 @@ def select(
             active = ActiveSet(gamma_select=gamma_select, gamma_break=max(gamma_select, 10.0)).fit(train)
             grades = np.atleast_1d(np.asarray(active.extrapolation_grade(pool), dtype=np.float64))
             eligible = np.flatnonzero(grades > gamma_select)
-        if posterior and method != 'maxvol':
-            noise = paper_sigma2(train) if sigma2 is None else float(sigma2)
-            pool = np.asarray(posterior_transform(pool, train, noise))
-        candidate_scores = np.einsum('ij,ij->i', pool, pool) if grades is None else grades
+        pool, train = transformed_features(pool, train, posterior and method != 'maxvol', sigma2)
+        candidate_scores = grades if grades is not None else _feature_scores(method, pool, train, posterior)
         indices, gains, status = np.zeros(0, dtype=np.int64), np.zeros(0), None
         if eligible.size:
             restricted = uncertain_above is not None or grades is not None
             size = min(batch_size, eligible.size) if restricted else batch_size
-            reference = None if posterior and method != 'maxvol' else train
-            result = select_batch(method, pool[eligible], reference, size, **options)
+            result = select_batch(method, pool[eligible], *_mode_arguments(method, train), size, **options)
             indices, gains, status = eligible[result.indices], result.gains, result.status
         return Selection(
             method=method,

@@ -32,6 +32,7 @@ __all__ = [
     'max_det',
     'max_diag',
     'max_dist',
+    'nearest_training_distance',
     'paper_sigma2',
     'posterior_matrix',
     'posterior_transform',
@@ -413,6 +414,15 @@ def _nearest_train(pool: torch.Tensor, pool_sq: torch.Tensor, train: torch.Tenso
         min_sq[rows] = best
         nearest[rows] = best_idx
     return min_sq, nearest
+
+
+def nearest_training_distance(pool_features: ArrayLike, train_features: ArrayLike) -> np.ndarray:
+    """Feature-space distance (eq. 10) of every pool point to its nearest training point, (N,) float64 numpy."""
+    pool, train, _ = _prepare(pool_features, train_features, 1)
+    if train.shape[0] == 0:
+        raise ValueError('nearest_training_distance needs at least one training point')
+    min_sq, _ = _nearest_train(pool, _sq_norms(pool, check=True), train)
+    return min_sq.clamp(min=0.0).sqrt().to(torch.float64).cpu().numpy()
 
 
 def _sq_dists_to(pool: torch.Tensor, pool_sq: torch.Tensor, index: int) -> torch.Tensor:
