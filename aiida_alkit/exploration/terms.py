@@ -492,12 +492,16 @@ def fit_atom_calibrator(
     predicted_forces: Sequence[Any] | None = None,
     alpha: float = 0.05,
     maxima: bool = False,
+    clip: bool = True,
 ) -> ConformalCalibrator:
     """Conformal calibration of the term's atom values on held-out structures (seeds/003 Methods, eq. 28).
 
     Errors are the per-atom force RMSEs ``sqrt(mean_a (F_ia - F_ia^ref)²)`` (eV/Å) of ``term.model`` (or the given
     ``predicted_forces``, per structure (N_s, 3)) against ``reference_forces`` (default: the structures' calculator
-    forces); ``maxima``: calibrate the per-structure maxima of errors and uncertainties (Fig. 2) instead of all atoms.
+    forces). The default rule pools the per-atom scores of all structures (rule 'atoms'); ``maxima`` calibrates the
+    per-structure maxima of errors and uncertainties (Fig. 2, rule 'structure maxima') instead. ``clip``: a finite
+    q̂ when there are too few scores for the confidence (the level clipped to 1; see
+    :mod:`aiida_alkit.uncertainty.conformal`). ``calibrator.record(n_structures=...)`` says which rule was used.
     """
     structures = list(structures)
     if reference_forces is None:
@@ -514,8 +518,9 @@ def fit_atom_calibrator(
     if maxima:
         sizes = np.array([len(e) for e in errors])
         parts = np.split(atoms, np.cumsum(sizes)[:-1])
-        return ConformalCalibrator().fit([p.max() for p in parts], [e.max() for e in errors], alpha)
-    return ConformalCalibrator().fit(atoms, np.concatenate(errors), alpha)
+        maxima_u, maxima_e = [p.max() for p in parts], [e.max() for e in errors]
+        return ConformalCalibrator().fit(maxima_u, maxima_e, alpha, clip=clip, rule='structure maxima')
+    return ConformalCalibrator().fit(atoms, np.concatenate(errors), alpha, clip=clip, rule='atoms')
 
 
 # ---------------------------------------------------------------------------------------------------------- seeds/004

@@ -30,7 +30,9 @@ __all__ = ['FEATURE_METHODS', 'METHODS', 'TRAIN_CENTRE_METHODS', 'Selection', 's
 
 FEATURE_METHODS = ('maxdet', 'maxdist', 'lcmd', 'maxdiag', 'maxvol')
 WINDOW_METHODS = ('alkpu', 'trust')
-METHODS = (*FEATURE_METHODS, *WINDOW_METHODS, 'random')
+#: Methods that label the frames at which a walker's stop criterion fired.
+STOP_METHODS = ('hal',)
+METHODS = (*FEATURE_METHODS, *WINDOW_METHODS, *STOP_METHODS, 'random')
 #: Feature methods whose greedy step uses the training points as centres (TP mode of seed 001); the others are P mode.
 TRAIN_CENTRE_METHODS = ('maxdist', 'lcmd')
 
@@ -80,6 +82,35 @@ def _feature_scores(method: str, pool: np.ndarray, train: np.ndarray, posterior:
     return np.einsum('ij,ij->i', pool, pool)
 
 
+def _hal_stops(batch_size: int, scores: dict[str, np.ndarray]) -> Selection:
+    """Seed 002: label the configurations at which HAL's stop criterion (eq. 7-8) fired, one per stopped walker,
+    largest max relative force uncertainty f_i (eq. 6) first, at most ``batch_size``.
+
+    Counts (DP-GEN's table, for the accurate-fraction convergence): the frames of walkers whose HAL run never fired
+    are accurate (seed 002: HAL has converged when its runs no longer stop); the frames of walkers that stopped are
+    candidates (their trajectory ran into extrapolation), of which the stop frames can be picked.
+    """
+    if 'hal_stop' not in scores:
+        raise ValueError('method "hal" needs scores["hal_stop"] (an exploration with stop.hal)')
+    stops = np.asarray(scores['hal_stop'], dtype=bool)
+    values = np.asarray(scores.get('relative_force_uncertainty', np.zeros(stops.size)), dtype=np.float64)
+    walkers = np.asarray(scores.get('walker', np.arange(stops.size)))
+    on_stopped_walker = np.isin(walkers, walkers[stops])
+    candidates = np.flatnonzero(stops)
+    order = np.argsort(-np.nan_to_num(values[candidates], nan=-np.inf), kind='stable')
+    indices = candidates[order][:batch_size].astype(np.int64)
+    return Selection(
+        method='hal',
+        indices=indices,
+        gains=values[indices],
+        scores=values,
+        ranks=_ranks(stops.size, indices),
+        n_accurate=int((~on_stopped_walker).sum()),
+        n_candidate=int(on_stopped_walker.sum()),
+        n_failed=0,
+    )
+
+
 def select(
     method: str,
     batch_size: int,
@@ -105,7 +136,8 @@ def select(
     :param batch_size: number of picks (the cap of window methods).
     :param pool_features: (N, d) gradient features of the candidates (feature methods).
     :param train_features: (M, d) features of the training set (feature methods).
-    :param scores: per-candidate arrays: ``kpu`` (alkpu), ``max_force_deviation`` in eV/Å (trust).
+    :param scores: per-candidate arrays: ``kpu`` (alkpu), ``max_force_deviation`` in eV/Å (trust), ``hal_stop``
+        and ``relative_force_uncertainty`` (hal: the walkers' HAL stop frames and their max f_i).
     :param posterior: feature methods use the GP kernel: pool and training features both posterior-transformed
         (seed 001 eq. 21-23; σ² from ``sigma2`` or the paper's data-dependent choice); the candidate score is then the
         posterior variance. False: the FEAT kernel (score: distance to the nearest training point for MaxDist and
@@ -161,6 +193,8 @@ def select(
             n_failed=0,
             status=status,
         )
+    if method == 'hal':
+        return _hal_stops(batch_size, scores)
     if method == 'random':
         n = n_pool if n_pool is not None else len(next(iter(scores.values()))) if scores else None
         if n is None:

@@ -14,6 +14,12 @@ Usage:
 * per structure (energies): ``errors`` = ``|E - E^ref| / N_atoms`` in eV/atom (:func:`energy_error_per_atom`) and the
   per-structure uncertainties.
 
+**Small calibration sets.** With ``n < ceil((n + 1)(1 - alpha))`` scores (n < 9 at alpha = 0.1) the finite-sample
+quantile level exceeds 1 and the textbook ``q-hat`` is infinite. ``clip=True`` clips the level to 1 (``q-hat`` is
+then the largest score, as the paper's reference code does); :meth:`ConformalCalibrator.record` reports whether
+that happened. Pooling the per-atom scores of the calibration structures (the explore job's rule) gives n = number
+of atoms, so one 32-atom structure already gives a finite ``q-hat`` at alpha = 0.1.
+
 The uncertainty may be unitless (distance / posterior based): the calibrated bound carries the error unit, and
 :meth:`ConformalCalibrator.threshold` turns an error threshold (e.g. 1.0 eV/Å) into the raw-uncertainty threshold
 that an exploration run compares its uncalibrated uncertainties against.
@@ -26,7 +32,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ['ConformalCalibrator', 'atomic_force_rmse', 'conformal_quantile', 'energy_error_per_atom']
+__all__ = [
+    'ConformalCalibrator',
+    'atomic_force_rmse',
+    'conformal_quantile',
+    'energy_error_per_atom',
+    'max_atomic_force_rmse',
+    'quantile_rank',
+]
 
 
 def _array(value: Any, name: str) -> np.ndarray:
@@ -43,15 +56,31 @@ def atomic_force_rmse(forces: Any, reference: Any) -> np.ndarray:
     return np.sqrt(np.mean(difference**2, axis=-1))
 
 
+def max_atomic_force_rmse(forces: Any, reference: Any, sizes: Any) -> np.ndarray:
+    """Largest per-atom force RMSE of every structure, eV/Å: ``(N, 3)`` forces of structures of ``sizes`` atoms
+    (concatenated) → ``(B,)``; the error that the calibrated max atom uncertainty bounds (seed 003 Fig. 2)."""
+    per_atom = atomic_force_rmse(forces, reference)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    return np.maximum.reduceat(per_atom, starts)
+
+
 def energy_error_per_atom(energies: Any, reference: Any, n_atoms: Any) -> np.ndarray:
     """Absolute energy error per atom ``|E - E^ref| / N_atoms`` in eV/atom."""
     return np.abs(_array(energies, 'energies') - _array(reference, 'reference')) / _array(n_atoms, 'n_atoms')
 
 
-def conformal_quantile(scores: Any, alpha: float) -> float:
+def quantile_rank(n: int, alpha: float) -> int:
+    """``ceil((n + 1)(1 - alpha))``: the rank of the finite-sample corrected ``1 - alpha`` quantile among n scores."""
+    # small guard against round-off in (n + 1)(1 - alpha) landing just above an integer
+    return max(math.ceil((n + 1) * (1.0 - alpha) - 1e-9), 1)
+
+
+def conformal_quantile(scores: Any, alpha: float, clip: bool = False) -> float:
     """The ``ceil((n + 1)(1 - alpha))``-th smallest score, i.e. the finite-sample corrected ``1 - alpha`` quantile.
 
-    Returns ``inf`` when ``ceil((n + 1)(1 - alpha)) > n`` (too few calibration points for that confidence).
+    When ``ceil((n + 1)(1 - alpha)) > n`` (too few calibration points for that confidence) it is ``inf``, or with
+    ``clip`` the largest score (quantile level clipped to 1).
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f'alpha must lie in (0, 1), got {alpha}')
@@ -61,25 +90,30 @@ def conformal_quantile(scores: Any, alpha: float) -> float:
         raise ValueError('need at least one calibration score')
     if np.any(np.isnan(scores)):
         raise ValueError('calibration scores contain NaN')
-    # small guard against round-off in (n + 1)(1 - alpha) landing just above an integer
-    rank = math.ceil((n + 1) * (1.0 - alpha) - 1e-9)
+    rank = quantile_rank(n, alpha)
     if rank > n:
-        return math.inf
-    return float(scores[max(rank, 1) - 1])
+        if not clip:
+            return math.inf
+        rank = n
+    return float(scores[rank - 1])
 
 
 class ConformalCalibrator:
     """Inductive conformal calibration of an uncertainty ``u`` into an error bound at confidence ``1 - alpha``.
 
-    After :meth:`fit`, ``quantile_`` (= ``scale_``) is ``q-hat``, ``alpha_`` the miscoverage level and
-    ``n_calibration_`` the number of calibration points.
+    After :meth:`fit`, ``quantile_`` (= ``scale_``) is ``q-hat``, ``alpha_`` the miscoverage level,
+    ``n_calibration_`` the number of calibration points and ``level_clipped_`` whether the quantile level was clipped
+    to 1 (see the module docstring). :meth:`record` summarises them.
     """
 
-    def fit(self, uncertainties: Any, errors: Any, alpha: float = 0.05) -> ConformalCalibrator:
+    def fit(
+        self, uncertainties: Any, errors: Any, alpha: float = 0.05, clip: bool = False, rule: str = 'points'
+    ) -> ConformalCalibrator:
         """Calibrate on held-out ``uncertainties`` and ``errors`` (same shape, any; flattened).
 
         Nonconformity scores are ``|error| / u``; ``u`` must be non-negative (``u = 0`` with a non-zero error gives an
-        infinite score, ``0 / 0`` counts as 0).
+        infinite score, ``0 / 0`` counts as 0). ``clip``: a finite ``q-hat`` for too few points (level clipped to 1).
+        ``rule``: a name for what the points are (e.g. 'atoms pooled over structures'), kept in :meth:`record`.
         """
         u = _array(uncertainties, 'uncertainties').ravel()
         errors = np.abs(_array(errors, 'errors')).ravel()
@@ -92,8 +126,27 @@ class ConformalCalibrator:
         self.scores_ = scores
         self.alpha_ = float(alpha)
         self.n_calibration_ = int(scores.size)
-        self.quantile_ = conformal_quantile(scores, alpha)
+        self.level_clipped_ = bool(clip) and quantile_rank(scores.size, alpha) > scores.size
+        self.quantile_ = conformal_quantile(scores, alpha, clip=clip)
+        self.rule_ = str(rule)
         return self
+
+    def record(self, **extra: Any) -> dict[str, Any]:
+        """JSON-ready summary: rule, alpha, number of scores, the quantile level used, whether it was clipped, q-hat
+        (``None`` when infinite), plus ``extra`` items (e.g. the number of calibration structures)."""
+        self._check_fitted()
+        n = self.n_calibration_
+        level = min(quantile_rank(n, self.alpha_), n) / n
+        q_hat = self.quantile_ if math.isfinite(self.quantile_) else None
+        return {
+            'rule': self.rule_,
+            'alpha': self.alpha_,
+            'n_scores': n,
+            'quantile_level': level,
+            'level_clipped': bool(self.level_clipped_),
+            'q_hat': q_hat,
+            **extra,
+        }
 
     def _check_fitted(self) -> None:
         if not hasattr(self, 'quantile_'):

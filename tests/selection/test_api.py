@@ -191,3 +191,20 @@ def test_feat_distance_scores_are_distances_to_the_training_set():
     result = select('maxdist', 5, pool_features=pool, train_features=train, posterior=False)
     expected = np.sqrt(((pool[:, None, :] - train[None, :, :]) ** 2).sum(-1).min(axis=1))
     np.testing.assert_allclose(result.scores, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_hal_labels_the_stop_frames_of_the_walkers():
+    """Seed 002: the frames at which HAL's criterion fired are picked, largest f_max first; frames of walkers that
+    never fired are accurate, those of walkers that stopped are candidates."""
+    walker = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    stop = np.array([False, False, True, False, True, False, False, False])
+    f_max = np.array([0.1, 0.2, 0.5, 0.1, 0.9, 0.3, 0.2, 0.1])
+    scores = {'hal_stop': stop, 'relative_force_uncertainty': f_max, 'walker': walker}
+    result = select('hal', 5, scores=scores)
+    assert result.indices.tolist() == [4, 2]
+    assert (result.n_accurate, result.n_candidate, result.n_failed) == (3, 5, 0)
+    assert select('hal', 1, scores=scores).indices.tolist() == [4]
+    quiet = select('hal', 5, scores={**scores, 'hal_stop': np.zeros(8, dtype=bool)})
+    assert quiet.indices.size == 0 and quiet.n_accurate == 8
+    with pytest.raises(ValueError, match='hal_stop'):
+        select('hal', 2, scores={'kpu': np.ones(3)})

@@ -87,3 +87,26 @@ def test_errors_and_edge_cases():
     # zero uncertainty with a non-zero error is an infinite score
     calibrator = ConformalCalibrator().fit([0.0] * 5 + [1.0] * 15, [1.0] * 20, alpha=0.1)
     assert calibrator.quantile_ == math.inf
+
+
+def test_small_calibration_sets_clip_the_level_and_say_so():
+    """Fewer than ceil((n + 1)(1 - alpha)) scores: inf by the textbook rule, the largest score with ``clip`` (the
+    level clipped to 1), and the record says which."""
+    scores_u, errors = np.ones(5), np.array([0.1, 0.4, 0.2, 0.3, 0.5])
+    textbook = ConformalCalibrator().fit(scores_u, errors, alpha=0.1)
+    assert textbook.quantile_ == math.inf and textbook.record()['q_hat'] is None
+    clipped = ConformalCalibrator().fit(scores_u, errors, alpha=0.1, clip=True, rule='atoms')
+    assert clipped.quantile_ == 0.5
+    record = clipped.record(n_structures=1)
+    assert record == {
+        'rule': 'atoms',
+        'alpha': 0.1,
+        'n_scores': 5,
+        'quantile_level': 1.0,
+        'level_clipped': True,
+        'q_hat': 0.5,
+        'n_structures': 1,
+    }
+    enough = ConformalCalibrator().fit(np.ones(19), np.arange(1.0, 20.0), alpha=0.1, clip=True)
+    assert enough.quantile_ == 18.0 and not enough.record()['level_clipped']
+    assert enough.record()['quantile_level'] == pytest.approx(18 / 19)
