@@ -20,8 +20,9 @@ Models (GM-NN, ``aiida_alkit.models.gmnn``; cutoff 5 Å, 9 Gaussians, 7 radial f
   stress loss, linear decay to zero over ``--adam-epochs`` (200) epochs and restoring the best validation epoch.
 * (b) RLEKF: the same representation with a 910-32-32-1 network in float64 (30 306 parameters), trained by
   :func:`~aiida_alkit.models.rlekf.train_rlekf` (Algorithm 5 of seeds/000: one energy update and 4 force updates
-  of 6 atoms per configuration, batch 1, 4 epochs) with ``block_size`` 1024 (P: 32 blocks, 0.25 GB) and ``p0``
-  100 (the paper's P_0 = I learns far too slowly for a GM-NN whose output scale c of eq. 4 is ~0.05 eV here);
+  of 6 atoms per configuration, batch 1, 4 epochs) with ``block_size`` 1024 (P: 32 blocks, 0.25 GB) and the
+  automatic P_0 of :class:`~aiida_alkit.models.rlekf.RLEKFConfig` (``--p0`` sets it by hand; the paper's P_0 = I
+  learns far too slowly for a GM-NN whose output scale c of eq. 4 is ~0.05 eV here);
   the weights of the last epoch are used (RLEKF has no best-epoch restoring). The default 512x512 network would
   need a 59 GB P.
   RLEKF fits energies and forces only (no stress measurement).
@@ -223,7 +224,7 @@ def train_with_rlekf(
     hidden: tuple[int, ...],
     epochs: int,
     block_size: int,
-    p0: float,
+    p0: float | None,
     train: Any,
     valid: Any,
     sets: dict[str, Any],
@@ -344,7 +345,7 @@ def main() -> None:
     parser.add_argument('--rlekf-widths', type=widths, default=(32, 32), help='RLEKF hidden widths (32,32)')
     parser.add_argument('--rlekf-epochs', type=int, default=None, help='RLEKF epochs (4; quick 2)')
     parser.add_argument('--block-size', type=int, default=1024, help='RLEKF block size (1024)')
-    parser.add_argument('--p0', type=float, default=100.0, help='RLEKF P_0 = p0 I (100)')
+    parser.add_argument('--p0', type=float, default=None, help='RLEKF P_0 = p0 I (default: automatic)')
     args = parser.parse_args()
     defaults = {
         'n_train': (40, 200),

@@ -21,8 +21,8 @@ time on that runner (their train/explore/label jobs are separate processes), the
   selection holds fewer candidates than the batch (window strategies) labels fewer structures; a round selecting
   nothing ends that campaign. Both show up in the label counts.
 * Strategy variants (presets of ``aiida_alkit/workflows/protocols/active_learning.yaml``): ``random``, ``dpgen``
-  (committee of ``committee_size``), ``gradient_lcmd`` (the ``gradient`` preset), ``gradient_maxdet`` (the same
-  with ``select.parameters.method = 'maxdet'``), ``alkpu`` (RLEKF, ``p0`` 100 as in ``bench_accuracy.py``),
+  (committee of ``committee_size``), ``gradient_lcmd`` (the ``gradient`` preset
+  with ``select.parameters.method = 'lcmd'``), ``gradient_maxdet`` (the ``gradient`` preset), ``alkpu`` (RLEKF with its automatic P_0),
   ``hal``, ``dopt``. With ``--optimizer rlekf`` every single-model variant trains with RLEKF (the alkpu settings), so
   that the selection is all that differs; dpgen keeps its Adam committee. One departure from the presets: DP-GEN's trust window is [0.1, 1.5] eV/Å
   (``--dpgen-window``). The preset's [0.05, 0.15] eV/Å suits converged committees; the small committees here
@@ -81,8 +81,8 @@ DEFAULT_PLOT = pathlib.Path(__file__).resolve().parent / 'out' / 'data_efficienc
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     'random': ('random', {}),
     'dpgen': ('dpgen', {}),
-    'gradient_lcmd': ('gradient', {}),
-    'gradient_maxdet': ('gradient', {'select': {'parameters': {'method': 'maxdet'}}}),
+    'gradient_lcmd': ('gradient', {'select': {'parameters': {'method': 'lcmd'}}}),
+    'gradient_maxdet': ('gradient', {}),
     'alkpu': ('alkpu', {}),
     'hal': ('hal', {}),
     'dopt': ('dopt', {}),
@@ -115,7 +115,7 @@ class Settings:
     train_batch_size: int = 4
     committee_size: int = 3
     dpgen_window: tuple[float, float] = (0.1, 1.5)  # eV/Å, see the module docstring
-    rlekf: tuple[tuple[str, Any], ...] = (('epochs', 5), ('block_size', 1024), ('p0', 100.0))
+    rlekf: tuple[tuple[str, Any], ...] = (('epochs', 5), ('block_size', 1024))
     walkers: int = 4
     steps: int = 100
     sample_every: int = 5
@@ -132,7 +132,7 @@ class Settings:
             model=(('cutoff', 4.0), ('n_basis', 4), ('n_radial', 2), ('hidden_widths', [8, 8])),
             epochs=40,
             committee_size=2,
-            rlekf=(('epochs', 2), ('block_size', 256), ('p0', 100.0)),
+            rlekf=(('epochs', 2), ('block_size', 256)),
             walkers=2,
             steps=20,
         )

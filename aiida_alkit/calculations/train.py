@@ -60,6 +60,10 @@ def validate_train_parameters(parameters: dict) -> str | None:
         if parameters.get('model'):
             GMNNHyperparameters.from_dict({'species': ['H'], **parameters['model']})
         TrainingConfig.from_dict(parameters.get('training') or {})
+        rlekf = {
+            key: value for key, value in (parameters.get('rlekf') or {}).items() if key not in ('epochs', 'batch_size')
+        }
+        RLEKFConfig.from_dict(rlekf)  # p0 None (absent) = the automatic P_0 of models/rlekf.py
     except (TypeError, ValueError) as exc:
         return f'invalid train parameters: {exc}'
     return None

@@ -16,15 +16,19 @@ reliable / selected / discarded). The paper's columns map onto the report as fol
 
 ``--plot out.png`` writes a PNG (matplotlib, Agg canvas) with the learning curve (validation force RMSE vs the size
 of the training set the round's potential was trained on), stacked per-round counts and, when the picks' model
-energies and labels are in the graph, a calibration plot (uncertainty at selection vs the true energy error).
+energies and labels are in the graph, a calibration plot (the calibrated max atom force uncertainty at selection
+against the actual max atom force error of the model that explored, on the diagonal's scale; energy uncertainty
+against energy error where no force uncertainty was scored).
 """
 
 from __future__ import annotations
 
 import math
+import pathlib
 from typing import Any
 
 import click
+import numpy as np
 
 from . import main
 from .dataset import load_default_profile
@@ -225,19 +229,25 @@ def _batch_size(node) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------- plot
-def calibration_points(node) -> list[dict[str, Any]]:
-    """Labelled picks with their uncertainty at selection and the true energy error of the round's model.
+#: Calibration kinds whose uncertainty and error are force bounds in eV/Å (the others: energies in eV).
+FORCE_CALIBRATION_KINDS = ('calibrated', 'committee')
 
-    Per labelled pick: ``round``, ``uncertainty`` (the pool's ``u_energy`` in eV when the exploration recorded it,
-    else the selection score), ``kind`` (``'u_energy'`` or ``'score'``) and ``error`` (``|model_energy − label|``,
-    eV, from the pool's ``model_energy``). Empty when the pool carries no model energies.
+
+def calibration_points(node) -> list[dict[str, Any]]:
+    """Labelled picks with their uncertainty at selection and the actual error of the model that explored them.
+
+    Per labelled pick: ``round``, ``kind``, ``uncertainty`` and ``error``. ``kind`` is ``'calibrated'`` when the
+    exploration scored the candidates with a conformally calibrated uncertainty (the largest calibrated atom
+    uncertainty, eV/Å) and ``'committee'`` for a committee's max atom force deviation (eV/Å); ``error`` is then the
+    largest per-atom force RMSE of that potential against the label (eV/Å), the quantity the calibration bounds
+    (seed 003 Fig. 2). Otherwise ``'u_energy'`` (the pool's ``u_energy``, eV) or ``'score'`` (the selection score)
+    against ``|model_energy − label|`` (eV). Empty when nothing applies.
     """
     from aiida import orm
 
     from aiida_alkit.workflows.provenance import called_processes, round_from_link_label
 
     points: list[dict[str, Any]] = []
-    pools: dict[int, Any] = {}
     for link_label, label in called_processes(node, link_label_filter='label_round_%'):
         if 'labelled' not in label.outputs:
             continue
@@ -248,36 +258,64 @@ def calibration_points(node) -> list[dict[str, Any]]:
             continue
         query = orm.QueryBuilder().append(orm.StructureData, filters={'uuid': {'in': uuids}}, project=['uuid', '*'])
         structures = dict(query.all())
+        by_selection: dict[int, tuple[Any, list[tuple[int, int, Any]]]] = {}
         for index, uuid in enumerate(uuids):
             structure = structures.get(uuid)
             creator = structure.creator if structure is not None else None
-            if creator is None or creator.process_label != 'select_candidates':
+            row = structure.base.attributes.get('alkit_pool_index', None) if structure is not None else None
+            if creator is None or creator.process_label != 'select_candidates' or row is None:
                 continue
-            pool_link = creator.base.links.get_incoming(link_label_filter='pool').all()
-            if not pool_link:
-                continue
-            pool = pool_link[0].node
-            if pool.pk not in pools:
-                pools[pool.pk] = pool.arrays.info
-            info = pools[pool.pk]
-            row = structure.base.attributes.get('alkit_pool_index', None)
-            if row is None or 'model_energy' not in info:
-                continue
-            model_energy = float(info['model_energy'][row])
-            u_energy = float(info['u_energy'][row]) if 'u_energy' in info else float('nan')
-            kind = 'u_energy' if math.isfinite(u_energy) and u_energy > 0 else 'score'
-            uncertainty = u_energy if kind == 'u_energy' else structure.base.attributes.get('alkit_score', None)
-            if uncertainty is None or not math.isfinite(model_energy):
-                continue
-            points.append(
-                {
-                    'round': number,
-                    'uncertainty': float(uncertainty),
-                    'kind': kind,
-                    'error': abs(model_energy - float(arrays.energy[index])),
-                }
-            )
+            by_selection.setdefault(creator.pk, (creator, []))[1].append((index, int(row), structure))
+        for creator, picks in by_selection.values():
+            points.extend(_selection_calibration(number, creator, picks, arrays))
     return points
+
+
+def _selection_calibration(number, creator, picks, labelled) -> list[dict[str, Any]]:
+    """Calibration points of the picks of one select step (see :func:`calibration_points`)."""
+    incoming = {link.link_label: link.node for link in creator.base.links.get_incoming().all()}
+    pool, scores = incoming.get('pool'), incoming.get('scores')
+    if pool is None:
+        return []
+    names = scores.get_arraynames() if scores is not None else []
+    score_arrays = {'calibrated': 'calibrated_uncertainty', 'committee': 'max_force_deviation'}
+    force_kind = next((kind for kind in FORCE_CALIBRATION_KINDS if score_arrays[kind] in names), None)
+    explore = scores.creator if scores is not None else None
+    if force_kind is not None and explore is not None and 'potential' in explore.inputs:
+        array = scores.get_array(score_arrays[force_kind])
+        errors = _max_force_errors(explore.inputs.potential, labelled.subset([index for index, _, _ in picks]))
+        return [
+            {'round': number, 'kind': force_kind, 'uncertainty': float(array[row]), 'error': float(error)}
+            for (_, row, _), error in zip(picks, errors, strict=True)
+        ]
+    info = pool.arrays.info
+    if 'model_energy' not in info:
+        return []
+    points = []
+    for index, row, structure in picks:
+        model_energy = float(info['model_energy'][row])
+        u_energy = float(info['u_energy'][row]) if 'u_energy' in info else float('nan')
+        kind = 'u_energy' if math.isfinite(u_energy) and u_energy > 0 else 'score'
+        uncertainty = u_energy if kind == 'u_energy' else structure.base.attributes.get('alkit_score', None)
+        if uncertainty is None or not math.isfinite(model_energy):
+            continue
+        error = abs(model_energy - float(labelled.energy[index]))
+        points.append({'round': number, 'kind': kind, 'uncertainty': float(uncertainty), 'error': error})
+    return points
+
+
+def _max_force_errors(potential, arrays) -> np.ndarray:
+    """Largest per-atom force RMSE (eV/Å) of ``potential`` on every labelled configuration of ``arrays``."""
+    import tempfile
+
+    from aiida_alkit.jobs.explore import load_model, potential_forces
+    from aiida_alkit.uncertainty.conformal import max_atomic_force_rmse
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = pathlib.Path(folder) / 'potential.pt'
+        potential.export(path)
+        model = load_model(path, 'cpu')
+    return max_atomic_force_rmse(potential_forces(model, arrays), arrays.forces, arrays.sizes)
 
 
 def write_plot(rows: list[dict[str, Any]], path: str, calibration: list[dict[str, Any]]) -> int:
@@ -353,21 +391,30 @@ def write_plot(rows: list[dict[str, Any]], path: str, calibration: list[dict[str
     # calibration
     if calibration:
         ax = axes[2]
-        kind = 'u_energy' if all(p['kind'] == 'u_energy' for p in calibration) else 'score'
+        kinds = {p['kind'] for p in calibration}
         for number in sorted({p['round'] for p in calibration}, key=lambda n: (n is None, n)):
             chosen = [p for p in calibration if p['round'] == number]
             ax.scatter([p['uncertainty'] for p in chosen], [p['error'] for p in chosen], label=f'round {number}', s=16)
-        if kind == 'u_energy':
+        on_diagonal = kinds <= set(FORCE_CALIBRATION_KINDS) or kinds == {'u_energy'}
+        if on_diagonal:
             values = [p['uncertainty'] for p in calibration] + [p['error'] for p in calibration]
             low, high = min(values), max(values)
             ax.plot([low, high], [low, high], 'k:', lw=1)
+        if kinds == {'calibrated'}:
+            ax.set_xlabel('calibrated max atom uncertainty (eV/Å)')
+        elif kinds <= set(FORCE_CALIBRATION_KINDS):
+            ax.set_xlabel('max atom force uncertainty (eV/Å)')
+        elif kinds == {'u_energy'}:
             ax.set_xlabel('predicted energy uncertainty (eV)')
         else:
             ax.set_xlabel('selection score')
         if all(p['uncertainty'] > 0 and p['error'] > 0 for p in calibration):
             ax.set_xscale('log')
             ax.set_yscale('log')
-        ax.set_ylabel('|model − label| energy (eV)')
+        if kinds <= set(FORCE_CALIBRATION_KINDS):
+            ax.set_ylabel('max atom force error of the model (eV/Å)')
+        else:
+            ax.set_ylabel('|model − label| energy (eV)')
         ax.set_title('calibration of the picks')
         ax.legend(fontsize=8)
     figure.savefig(path, dpi=120)

@@ -128,8 +128,8 @@ def run_demo(fast: bool = False, echo=click.echo, setup: bool = True, max_rounds
     """An active-learning campaign on the embedded profile (see ``alkit demo --help``); returns the work chain node.
 
     Default: aluminium labelled by pw.x through aiida-quantumespresso, strategy ``gradient`` (MD biased by the
-    gradient-feature uncertainty, LCMD selection), temperatures 300 → 600 → 900 K (then 900 K again), 4 labels per
-    round, until the test-set force RMSE is below ``DEMO_TARGET_FORCE_RMSE`` or 90 % of the explored candidates are
+    gradient-feature uncertainty, MaxDet selection on the GP-posterior kernel), temperatures 300 → 600 → 900 K (then
+    900 K again), 4 labels per round, until the test-set force RMSE is below ``DEMO_TARGET_FORCE_RMSE`` or 90 % of the explored candidates are
     accurate (at most ``DEMO_MAX_ROUNDS`` rounds). ``fast``: EMT copper (32-atom cells) instead of pw.x.
     """
     from aiida import orm

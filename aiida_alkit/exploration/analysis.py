@@ -9,11 +9,13 @@ coverage is the collected reward over levels 1..h divided by h, in [0, 1]: explo
 out of the normalisation. Samples outside the bounds are ignored.
 
 **Auto-correlation** (seeds/003 eq. 29-31): ``C(t) = <δA(t_0)·δA(t_0 + t)> / <δA·δA>`` with δA = A - <A> summed over
-the components of the observable (positions (T, N, 3), atom uncertainties (T, N), ...), estimated with the biased
-1/T estimator (FFT). The auto-correlation time ``τ = 1 + 2 Σ_{t=1}^{M} (1 - t/T) C(t)`` is truncated at the first
-negative C(t), and the effective sample size is ESS = T/τ — the estimator of TensorFlow Probability's
-``effective_sample_size`` (``filter_threshold=0``) that the paper uses. For an AR(1) process with C(t) = φ^t,
-τ -> (1 + φ)/(1 - φ).
+the components of the observable (positions (T, N, 3), atom uncertainties (T, N), ...). The estimators are those of
+TensorFlow Probability, which the paper uses: C(t) is the *unbiased* estimate (each lag's sum of products divided by
+its number of pairs T - t, as ``tfp.stats.auto_correlation``; FFT), and the auto-correlation time
+``τ = 1 + 2 Σ_{t=1}^{M-1} (1 - t/T) C(t)`` (``tfp.mcmc.effective_sample_size`` with ``filter_threshold=0``: M is the
+first lag with C(M) < 0), ESS = T/τ. The weight (1 - t/T) is applied once: on the unbiased C(t) it makes each term the
+biased 1/T estimate. For an AR(1) process, C(t) = φ^t and τ -> (1 + φ)/(1 - φ) for long series; short series give a
+smaller τ, mostly because centring on the sample mean lowers every C(t) by about (1 - C(t)) τ/T.
 
 No AiiDA import.
 """
@@ -99,8 +101,9 @@ def autocorrelation(series: np.ndarray, max_lag: int | None = None) -> np.ndarra
     """Normalised auto-correlation C(t), t = 0..max_lag, of a time series (T, ...) (seeds/003 eq. 29).
 
     The first axis is time; all other axes are components whose covariances are summed,
-    ``C(t) = Σ_c Σ_{t0} δA_c(t0) δA_c(t0 + t) / Σ_c Σ_{t0} δA_c(t0)²`` (biased 1/T estimator, C(0) = 1).
-    A constant series gives C = 0 beyond lag 0.
+    ``C(t) = [Σ_c Σ_{t0} δA_c(t0) δA_c(t0 + t) / (T - t)] / [Σ_c Σ_{t0} δA_c(t0)² / T]`` (unbiased estimator: each
+    lag normalised by its T - t pairs, as ``tfp.stats.auto_correlation``; C(0) = 1). A constant series gives C = 0
+    beyond lag 0.
     """
     data = np.asarray(series, dtype=np.float64)
     n = data.shape[0]
@@ -116,13 +119,15 @@ def autocorrelation(series: np.ndarray, max_lag: int | None = None) -> np.ndarra
         out = np.zeros(max_lag + 1)
         out[0] = 1.0
         return out
-    return covariance[: max_lag + 1] / covariance[0]
+    covariance = covariance[: max_lag + 1] / (n - np.arange(max_lag + 1))  # per pair: unbiased
+    return covariance / covariance[0]
 
 
 def autocorrelation_time(series: np.ndarray, max_lag: int | None = None) -> float:
-    """Auto-correlation time τ = 1 + 2 Σ_{t=1}^{M} (1 - t/T) C(t), in time steps (seeds/003 eq. 30).
+    """Auto-correlation time τ = 1 + 2 Σ_{t=1}^{M-1} (1 - t/T) C(t), in time steps (seeds/003 eq. 30).
 
-    M is the lag before the first negative C(t) (TensorFlow Probability's ``filter_threshold=0``).
+    C(t) is the unbiased :func:`autocorrelation`, M the first lag with C(M) < 0 (TensorFlow Probability's
+    ``effective_sample_size`` with ``filter_threshold=0``).
     """
     n = np.asarray(series).shape[0]
     acf = autocorrelation(series, max_lag)

@@ -25,9 +25,14 @@ towards high uncertainty (the paper's "27 degrees of freedom (heavy C, N and O a
 forces are therefore not the exact gradient of ``E_bias`` (as in the paper). The weights do not enter the bias stress.
 
 **Adaptive strength** (seeds/002 eq. 12, seeds/003 eq. 8): ``τ = τ_r Σ_m ||F(t_m)|| / Σ_m ||F^u(t_m)||`` over the
-last 100 steps of each walker, with ``F^u = w ∇u`` the bias force per unit strength; likewise for the stress.
-(seeds/002 prints eq. 12 with the ratio inverted; τ_r is described there as "the relative average strength of the
-biasing force in comparison to the average force", which is what this implements: ``τ ||F^u|| ≈ τ_r ||F||``.)
+last 100 steps of each walker, with ``F^u = w ∇u`` the bias force per unit strength. The bias stress is rescaled the
+same way with its own relative strength (seeds/003: "an equivalent expression is applied for bias stresses"):
+``τ_s = τ_rs Σ_m ||σ(t_m)|| / Σ_m ||σ^u(t_m)||`` with ``σ^u = -(1/V) ∂u/∂ε`` and Frobenius norms, by a second
+:class:`AdaptiveStrength`. Both can wait a burn-in (HAL: "performing a burn-in period to record the magnitudes ...
+typically ... the latest 100 timesteps"; its reference code delays τ by 100 steps, :data:`DEFAULT_BURN_IN`) with τ = 0
+while the norms of the unbiased dynamics are recorded. (seeds/002 prints eq. 12 with the ratio inverted; τ_r is
+described there as "the relative average strength of the biasing force in comparison to the average force", which is
+what this implements: ``τ ||F^u|| ≈ τ_r ||F||``.)
 
 Units: Å, eV, eV/Å, eV/Å³. No AiiDA import.
 """
@@ -61,6 +66,8 @@ __all__ = [
 
 #: Window of the adaptive biasing strength, MD steps (seeds/002: "the latest 100 timesteps").
 DEFAULT_WINDOW = 100
+#: Burn-in of the adaptive strength in the explore job, MD steps (seeds/002; the HAL reference code's delay).
+DEFAULT_BURN_IN = 100
 #: Regulariser ε of the relative force uncertainty, eV/Å (seeds/002 eq. 6: "often set to around 0.2 eV/Å").
 DEFAULT_EPSILON = 0.2
 
@@ -185,11 +192,13 @@ class AdaptiveStrength:
     ``τ(t) = τ_r Σ_m ||F(t_m)|| / Σ_m ||F^u(t_m)||`` over the ``window`` most recent steps ``t_m`` of the walker,
     the current one included (so τ is defined from the first step), with ``||·||`` the norm of the (n_atoms, 3)
     force (or 3x3 stress) of the structure and ``F^u`` the bias force per unit strength. All past steps in the window
-    have equal weight (the AdaGrad-like choice of seeds/003).
+    have equal weight (the AdaGrad-like choice of seeds/003). Use one object for the forces and another for the
+    stress (their histories differ).
 
     :param relative: τ_r (seeds/002: 0.05-0.25).
     :param window: number of steps averaged (100).
-    :param burn_in: steps with τ = 0 while the first norms are recorded (0: bias from the first step).
+    :param burn_in: steps with τ = 0 while the first norms are recorded (0: bias from the first step; the explore job
+        uses :data:`DEFAULT_BURN_IN`).
     :param max_value: optional upper bound on τ.
     """
 

@@ -1,4 +1,4 @@
-"""Batched (biased) molecular dynamics of many walkers, stop criteria, swap/volume Monte-Carlo moves, schedules.
+"""Batched (biased) molecular dynamics of many walkers, stop criteria, barostats, HAL's Monte-Carlo moves, schedules.
 
 All walkers advance together: one batched potential call per step
 (:class:`~aiida_alkit.exploration.bias.BiasedPotential` or any object with the same ``evaluate``), the integrator works on the flat (N, 3) arrays of all
@@ -10,15 +10,18 @@ the run.
   γ (1/fs): ``B: v += dt/2 F/m; A: x += dt/2 v; O: v = e^{-γ dt} v + sqrt(1 - e^{-2γ dt}) sqrt(kT/m) ξ; A; B``,
   with F = F + F^bias (seeds/002 eq. 11, seeds/003 eq. 6). Each walker draws its noise from its own seeded stream,
   so its random numbers do not depend on which other walkers are still running.
-* Barostat (NPT): Berendsen proportional control, isotropic or anisotropic (seeds/002: "a proportional control
-  barostat"): after the position update the cell and positions are scaled by ``μ = 1 + β dt/(3 τ_P) (P - P_0)``
-  (3x3 for anisotropic), with the instantaneous pressure tensor ``P = (1/V) Σ m v⊗v - (σ + σ^bias)``; the bias stress
-  of seeds/003 eq. 7 thus drives the cell. Berendsen control does not sample the exact NPT ensemble (it suppresses
-  volume fluctuations); it is the simple, robust choice for exploration.
-* Monte-Carlo moves on E_bias (seeds/002 "cell volume adjusting and element swapping MC steps ... accepted or
-  rejected according to the Metropolis-Hastings algorithm"): swaps of two atoms of different elements, and
-  isotropic volume moves ``ln V' = ln V + U(-δ, δ)`` with positions scaled, accepted with probability
-  ``min(1, exp(-[ΔE_bias + P ΔV]/kT + (N + 1) ln(V'/V)))``.
+* Barostats (NPT), applied after the position update with the instantaneous pressure tensor
+  ``P = (1/V) Σ m v⊗v - (σ + σ^bias)``, so that the bias stress of seeds/003 eq. 7 drives the cell:
+  :class:`StochasticCellRescaling` (Bernetti & Bussi, J. Chem. Phys. 153, 114107 (2020); isotropic): first-order
+  stochastic dynamics of ε = ln V that samples the isothermal-isobaric volume distribution, fluctuations included
+  (seeds/003 uses an MTK / Nosé-Hoover barostat, which samples the same ensemble); and :class:`BerendsenBarostat`
+  (seeds/002: "a proportional control barostat"), isotropic or anisotropic, which suppresses the volume fluctuations.
+  :func:`estimate_compressibility` gives each walker the β_T of its own model (``B = V ∂²E/∂V²``).
+* Monte-Carlo moves on E_bias (seeds/002 "cell volume adjusting (adding Gaussian noise to cell vectors) and element
+  swapping MC steps ... accepted or rejected according to the Metropolis-Hastings algorithm"): swaps of two atoms of
+  different elements; isotropic volume moves ``ln V' = ln V + U(-δ, δ)``; cell moves ``h' = h exp(A)`` with a
+  symmetric Gaussian log-strain A (volume and shape). Positions keep their fractional coordinates; volume and cell
+  moves are accepted with probability ``min(1, exp(-[ΔE_bias + P ΔV]/kT + (N + 1) ln(V'/V)))``.
 * Stop criteria (per walker, first reason wins): unphysical (``nan``, ``max_force`` > 20 eV/Å — seeds/003's force
   filter —, ``min_distance`` below a fraction of the training minimum, ``density`` out of bounds), the calibrated
   atom uncertainty above a threshold (seeds/003: 1.0-1.5 eV/Å), HAL's ``max_i f_i > f_tol`` or
@@ -52,9 +55,12 @@ __all__ = [
     'MonteCarlo',
     'PhysicalLimits',
     'Schedule',
+    'StochasticCellRescaling',
     'StopCriterion',
     'UncertaintyThreshold',
     'WalkerSystem',
+    'cell_move',
+    'estimate_compressibility',
     'metropolis_accept',
     'swap_move',
     'volume_move',
@@ -68,6 +74,10 @@ GPA = units.GPa
 AMU_PER_A3_IN_G_PER_CM3 = 1.66053906660
 #: Forces above this (eV/Å) make a frame unphysical (seeds/003: "a force threshold of 20 eV/Å").
 MAX_FORCE = 20.0
+#: Compressibility β_T, 1/GPa, where the model gives none: a bulk modulus of 100 GPa (metals, semiconductors).
+DEFAULT_COMPRESSIBILITY = 0.01
+#: Range of β_T accepted from the model, 1/GPa: bulk moduli from 1 GPa (soft frameworks) to 1000 GPa (diamond 440).
+COMPRESSIBILITY_BOUNDS = (1e-3, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------------------- schedule
@@ -418,34 +428,51 @@ class PhysicalLimits:
 
 
 # ---------------------------------------------------------------------------------------------------------- barostat
+def pressure_tensor(system: WalkerSystem, result: PotentialResult, include_bias: bool = True) -> np.ndarray:
+    """(B, 3, 3) instantaneous pressure (1/V) Σ m v⊗v - σ (σ + σ^bias with ``include_bias``), eV/Å³."""
+    stress = result.total_stress() if include_bias else result.stress
+    volume = np.where(system.periodic, system.volumes(), 1.0)
+    kinetic = system.kinetic_tensor() / volume[:, None, None]
+    return kinetic - (0.0 if stress is None else stress)
+
+
 @dataclass
 class BerendsenBarostat:
     """Berendsen proportional-control barostat (see the module docstring).
 
-    :param tau: coupling time τ_P, fs. :param compressibility: β, 1/GPa (Cu: ~1/140).
+    :param tau: coupling time τ_P, fs. :param compressibility: β, 1/GPa (Cu: ~1/140), a number or one per walker id.
     :param anisotropic: scale with the full pressure tensor (else with its trace).
     :param max_scaling: largest abs(μ - 1) per step.
     """
 
     tau: float = 1000.0
-    compressibility: float = 1.0 / 140.0
+    compressibility: float | Sequence[float] = 1.0 / 140.0
     anisotropic: bool = False
     max_scaling: float = 0.01
 
     def pressure_tensor(self, system: WalkerSystem, result: PotentialResult, include_bias: bool = True) -> np.ndarray:
         """(B, 3, 3) instantaneous pressure (1/V) Σ m v⊗v - σ (σ + σ^bias with ``include_bias``), eV/Å³."""
-        stress = result.total_stress() if include_bias else result.stress
-        volume = np.where(system.periodic, system.volumes(), 1.0)
-        kinetic = system.kinetic_tensor() / volume[:, None, None]
-        return kinetic - (0.0 if stress is None else stress)
+        return pressure_tensor(system, result, include_bias)
 
-    def apply(self, system: WalkerSystem, result: PotentialResult, target: np.ndarray, dt: np.ndarray) -> None:
-        """Scale cells and positions of periodic walkers in place; ``target`` (B,) GPa, ``dt`` (B,) fs."""
+    def apply(
+        self,
+        system: WalkerSystem,
+        result: PotentialResult,
+        target: np.ndarray,
+        dt: np.ndarray,
+        temperature: np.ndarray | None = None,
+        rngs: Sequence[Any] | None = None,
+    ) -> None:
+        """Scale cells and positions of periodic walkers in place; ``target`` (B,) GPa, ``dt`` (B,) fs.
+
+        ``temperature`` and ``rngs`` are not used (the interface of :class:`StochasticCellRescaling`).
+        """
         if result.stress is None:
             return
         pressure = self.pressure_tensor(system, result) / GPA  # GPa
         pressure = 0.5 * (pressure + pressure.transpose(0, 2, 1))
-        factor = (self.compressibility * dt / (3.0 * self.tau))[:, None, None]
+        beta = _per_walker(self.compressibility, 0, system.walker_ids)
+        factor = (beta * dt / (3.0 * self.tau))[:, None, None]
         eye = np.eye(3)[None]
         if self.anisotropic:
             mu = eye + factor * (pressure - target[:, None, None] * eye)
@@ -458,6 +485,105 @@ class BerendsenBarostat:
             part = index == row
             system.cells[row] = system.cells[row] @ mu[row]
             system.positions[part] = system.positions[part] @ mu[row]
+
+
+@dataclass
+class StochasticCellRescaling:
+    """Isotropic stochastic cell rescaling (Bernetti & Bussi, J. Chem. Phys. 153, 114107 (2020), Euler form).
+
+    Per step of length dt (fs), for each periodic walker, with ε = ln V, β_T in Å³/eV and P, P_0 in eV/Å³::
+
+        dε = -(β_T/τ_P) (P_0 - P_int) dt + sqrt(2 k_B T β_T dt / (V τ_P)) ξ,      ξ ~ N(0, 1)
+        cell, positions *= exp(dε/3);   velocities *= exp(-dε/3)
+
+    with P_int the trace/3 of the instantaneous pressure (kinetic part from the velocities, stress with the bias
+    stress) and T the thermostat's target temperature. The noise makes the walk in ln V sample
+    ``p(V) ∝ V^N exp(-(E + P_0 V)/kT)``, so the volume fluctuates as in the NPT ensemble, unlike Berendsen's; β_T and
+    τ_P set only the relaxation time (τ_P when β_T is the material's compressibility).
+
+    It is implemented here, on the batched :class:`WalkerSystem`, because ASE's barostats (``IsotropicMTKNPT``,
+    ``MTKNPT``, ``MelchionnaNPT``, ``NPTBerendsen``) are complete integrators of one ``Atoms`` object with their own
+    thermostat and calculator: they cannot advance many walkers with one batched model call per step, nor take the
+    bias stress and Langevin BAOAB of :class:`BatchedMD`.
+
+    :param tau: τ_P, fs (seeds/003: 1 ps). :param compressibility: β_T, 1/GPa, a number or one per walker id.
+    :param max_scaling: largest abs(exp(dε/3) - 1) per step, a guard against blow-ups (rarely active: the noise of
+        exp(dε/3) is ~1e-4 per step for 100 Cu atoms at 300 K with τ_P = 1 ps and dt = 2 fs).
+    """
+
+    tau: float = 1000.0
+    compressibility: float | Sequence[float] = DEFAULT_COMPRESSIBILITY
+    max_scaling: float = 0.01
+
+    def apply(
+        self,
+        system: WalkerSystem,
+        result: PotentialResult,
+        target: np.ndarray,
+        dt: np.ndarray,
+        temperature: np.ndarray | None = None,
+        rngs: Sequence[Any] | None = None,
+    ) -> None:
+        """Rescale cells, positions and velocities of periodic walkers in place.
+
+        :param target: (B,) P_0, GPa. :param dt: (B,) fs. :param temperature: (B,) T, K (required).
+        :param rngs: one ``numpy.random.Generator`` per row (required).
+        """
+        if result.stress is None:
+            return
+        if temperature is None or rngs is None:
+            raise ValueError('StochasticCellRescaling needs the target temperatures and one random stream per walker')
+        pressure = np.trace(pressure_tensor(system, result), axis1=1, axis2=2) / 3.0  # eV/Å³
+        volume = np.where(system.periodic, system.volumes(), 1.0)
+        beta = _per_walker(self.compressibility, 0, system.walker_ids) / GPA  # Å³/eV
+        rate = beta * dt / self.tau
+        noise = np.array([rng.standard_normal() for rng in rngs])
+        with np.errstate(invalid='ignore'):
+            spread = np.sqrt(2.0 * KB * np.maximum(temperature, 0.0) * rate / volume)
+        d_epsilon = -rate * (target * GPA - pressure) + spread * noise
+        scale = np.clip(np.exp(d_epsilon / 3.0), 1.0 - self.max_scaling, 1.0 + self.max_scaling)
+        for row in np.flatnonzero(system.periodic & np.isfinite(scale) & np.isfinite(target)):
+            part = system.atoms_slice(row)
+            system.cells[row] *= scale[row]
+            system.positions[part] *= scale[row]
+            system.velocities[part] /= scale[row]
+
+
+def estimate_compressibility(
+    potential: Any,
+    system: WalkerSystem,
+    volume_strain: float = 0.02,
+    default: float = DEFAULT_COMPRESSIBILITY,
+    bounds: tuple[float, float] = COMPRESSIBILITY_BOUNDS,
+) -> np.ndarray:
+    """(B,) isothermal compressibility β_T = 1/B of each walker from its model, 1/GPa.
+
+    ``B = V ∂²E/∂V²`` by central differences of the (physical, member-mean) energy at V(1 ± h) (isotropic scaling,
+    positions with the cell; two energy-only batched evaluations), clipped to ``bounds``; ``default`` where the walker
+    is not periodic or the curvature is not positive and finite (e.g. an untrained model).
+    """
+    out = np.full(system.n_structures, float(default))
+    rows = np.flatnonzero(system.periodic)
+    if rows.size == 0:
+        return out
+    energies = []
+    for factor in (1.0 - volume_strain, 1.0, 1.0 + volume_strain):
+        trial = system.subset(rows)
+        scale = factor ** (1.0 / 3.0)
+        trial.cells *= scale
+        trial.positions *= scale
+        try:
+            energies.append(potential.evaluate(trial, forces=False, update_strength=False).energy)
+        except Exception:  # an unusable model keeps the default
+            return out
+    lower, centre, upper = energies
+    volume = system.volumes()[rows]
+    with np.errstate(all='ignore'):
+        modulus = (upper - 2.0 * centre + lower) / (volume_strain**2 * volume) / GPA  # GPa
+        beta = 1.0 / modulus
+    good = np.isfinite(beta) & (modulus > 0)
+    out[rows[good]] = np.clip(beta[good], *bounds)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------- Monte Carlo
@@ -527,6 +653,42 @@ def volume_move(
     return _accept(system, trial, energy_fn, current, np.where(moved, extra, 0.0), kT, moved, rngs)
 
 
+def cell_move(
+    system: WalkerSystem,
+    energy_fn: EnergyFunction,
+    current: np.ndarray,
+    kT: np.ndarray,
+    pressure: np.ndarray,
+    rngs: Sequence[Any],
+    strain: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One cell (shape and volume) attempt per periodic walker (in place); returns (accepted (B,), energies (B,)).
+
+    HAL's cell step (seeds/002: "adding Gaussian noise to cell vectors"; its reference code draws a symmetric
+    deformation ``I + A``): ``h' = h exp(A)`` with A symmetric, ``A_ii, A_ij = A_ji ~ N(0, strain²)``, positions
+    keeping their fractional coordinates. The proposal is symmetric (A and -A are equally likely, and ``h ->
+    h exp(A)`` has Jacobian ``(V'/V)³`` on the 9 cell components); with the flexible-cell NPT density
+    ``V^{N-2} exp(-(E + P V)/kT)`` (Martyna, Tobias & Klein, J. Chem. Phys. 101, 4177 (1994)) the move is accepted
+    with probability ``min(1, exp(-(ΔE_bias + P ΔV)/kT + (N + 1) ln(V'/V)))``, ``ln(V'/V) = tr A``: the volume
+    distribution is that of :func:`volume_move`. ``pressure`` (B,) in eV/Å³.
+    """
+    trial = system.copy()
+    moved = system.periodic.copy()
+    log_ratio = np.zeros(system.n_structures)
+    for row in np.flatnonzero(moved):
+        upper = np.triu(rngs[row].normal(0.0, strain, (3, 3)))
+        log_strain = upper + np.triu(upper, 1).T
+        values, vectors = np.linalg.eigh(log_strain)
+        deformation = (vectors * np.exp(values)) @ vectors.T
+        log_ratio[row] = np.trace(log_strain)
+        part = system.atoms_slice(row)
+        trial.cells[row] = system.cells[row] @ deformation
+        trial.positions[part] = system.positions[part] @ deformation
+    volume = system.volumes()
+    extra = pressure * volume * np.expm1(log_ratio) - (system.sizes + 1) * log_ratio * kT
+    return _accept(system, trial, energy_fn, current, np.where(moved, extra, 0.0), kT, moved, rngs)
+
+
 def _accept(
     system: WalkerSystem,
     trial: WalkerSystem,
@@ -560,16 +722,23 @@ def _accept(
 
 @dataclass
 class MonteCarlo:
-    """Swap and volume Monte-Carlo moves on E_bias every ``interval`` MD steps (seeds/002, AlSi10).
+    """HAL's Monte-Carlo moves on E_bias every ``interval`` MD steps (seeds/002, AlSi10).
+
+    Swaps need a walker with two or more elements (single-element walkers skip them); volume and cell moves need
+    a target pressure (NPT; without one the cell stays fixed, as in HAL's reference code) and a periodic walker.
 
     :param interval: MD steps between MC rounds. :param n_swap: swap attempts per walker and round.
-    :param n_volume: volume attempts per walker and round. :param max_log_change: δ of ln V moves.
+    :param n_volume: isotropic volume attempts per walker and round. :param max_log_change: δ of ln V moves.
+    :param n_cell: cell (shape and volume) attempts per walker and round (:func:`cell_move`).
+    :param cell_strain: standard deviation of the log-strain components of cell moves (HAL's reference: 0.01).
     """
 
     interval: int = 10
     n_swap: int = 1
     n_volume: int = 1
     max_log_change: float = 0.02
+    n_cell: int = 0
+    cell_strain: float = 0.01
 
 
 # ---------------------------------------------------------------------------------------------------------- driver
@@ -581,7 +750,7 @@ class ExplorationResult:
     state; ``log``: per step and active walker arrays ('step', 'walker', 'temperature' K, 'energy', 'energy_bias' eV,
     'uncertainty' eV, 'max_atom_uncertainty' eV/Å, 'tau', 'tau_stress', 'pressure' GPa, 'volume' Å³, 'force_norm' and
     'bias_force_norm' eV/Å: per-structure norms of the physical and the applied bias forces);
-    ``mc_acceptance``: accepted/attempted counts per move kind.
+    ``mc_acceptance``: accepted/attempted counts per move kind ('swap', 'volume', 'cell').
     """
 
     stop_reasons: dict[int, str]
@@ -594,7 +763,7 @@ class ExplorationResult:
 
 
 class BatchedMD:
-    """Langevin (BAOAB) MD of many walkers in one batch, optionally NPT (Berendsen), with MC moves and stops.
+    """Langevin (BAOAB) MD of many walkers in one batch, optionally NPT (a barostat), with MC moves and stops.
 
     :param potential: object with ``evaluate(system, forces=True, update_strength=True) -> PotentialResult``.
     :param structures: ASE ``Atoms`` (one per walker) or a :class:`WalkerSystem`.
@@ -603,13 +772,15 @@ class BatchedMD:
     :param n_steps: maximum number of MD steps (reason ``max_steps``).
     :param criteria: stop criteria (:class:`UncertaintyThreshold`, :class:`HALStop`, ...).
     :param physical: unphysical-frame checks (default :class:`PhysicalLimits` with the 20 eV/Å force filter).
-    :param barostat: a :class:`BerendsenBarostat` for NPT (the potential must compute stresses).
-    :param pressure: target pressure, GPa (number, :class:`Schedule` or per walker); for NPT and volume moves.
+    :param barostat: a :class:`StochasticCellRescaling` or :class:`BerendsenBarostat` for NPT (the potential must
+        compute stresses).
+    :param pressure: target pressure, GPa (number, :class:`Schedule` or per walker); for NPT and volume/cell moves
+        (None: no volume or cell moves).
     :param monte_carlo: :class:`MonteCarlo` settings (None: no MC).
     :param pool: a ``CandidatePool`` collecting frames and stop frames (None: no pool).
     :param features: callable (system, result) -> (B, d) per-structure features stored with pool frames.
     :param recorders: extra pool metadata, name -> callable (system, result) -> (B,).
-    :param seed: seeds the per-walker random streams (velocities, Langevin noise, MC).
+    :param seed: seeds the per-walker random streams (velocities and Langevin noise, MC, barostat noise).
     :param initialize_velocities: draw Maxwell-Boltzmann velocities at the initial temperature (zero total momentum);
         otherwise the velocities of the input are used.
     :param wrap: wrap atoms of periodic walkers into their cell every step.
@@ -625,7 +796,7 @@ class BatchedMD:
         n_steps: int = 1000,
         criteria: Sequence[Any] = (),
         physical: PhysicalLimits | None = None,
-        barostat: BerendsenBarostat | None = None,
+        barostat: StochasticCellRescaling | BerendsenBarostat | None = None,
         pressure: float | Schedule | Sequence[float] | None = None,
         monte_carlo: MonteCarlo | None = None,
         pool: Any = None,
@@ -652,9 +823,10 @@ class BatchedMD:
         self.features = features
         self.recorders = dict(recorders or {})
         self.wrap = wrap
-        sequences = np.random.SeedSequence(int(seed)).spawn(2 * self.n_walkers)
+        sequences = np.random.SeedSequence(int(seed)).spawn(3 * self.n_walkers)  # child i depends on i only
         self._md_rngs = [np.random.default_rng(s) for s in sequences[: self.n_walkers]]
-        self._mc_rngs = [np.random.default_rng(s) for s in sequences[self.n_walkers :]]
+        self._mc_rngs = [np.random.default_rng(s) for s in sequences[self.n_walkers : 2 * self.n_walkers]]
+        self._barostat_rngs = [np.random.default_rng(s) for s in sequences[2 * self.n_walkers :]]
         if initialize_velocities:
             self._maxwell_boltzmann()
 
@@ -707,7 +879,7 @@ class BatchedMD:
         target_p = _per_walker(self.pressure, step, system.walker_ids)
         pressure = np.full(n, np.nan)
         if result.stress is not None:
-            tensor = BerendsenBarostat().pressure_tensor(system, result, include_bias=False)
+            tensor = pressure_tensor(system, result, include_bias=False)
             pressure = np.where(system.periodic, np.trace(tensor, axis1=1, axis2=2) / 3.0 / GPA, np.nan)
         max_atom = np.full(n, np.nan)
         if result.atom_uncertainty is not None:
@@ -780,7 +952,7 @@ class BatchedMD:
                 'bias_force_norm',
             )
         }
-        acceptance = {'swap': [0, 0], 'volume': [0, 0]}
+        acceptance = {'swap': [0, 0], 'volume': [0, 0], 'cell': [0, 0]}
 
         def stop(rows: np.ndarray, reasons: Sequence[str], step: int) -> None:
             for row, reason in zip(rows, reasons, strict=True):
@@ -875,8 +1047,9 @@ class BatchedMD:
         system.positions += 0.5 * dt * system.velocities  # A
         if self.barostat is not None:
             target = _per_walker(self.pressure if self.pressure is not None else 0.0, step, system.walker_ids)
+            rngs = [self._barostat_rngs[int(walker)] for walker in system.walker_ids]
             with np.errstate(all='ignore'):
-                self.barostat.apply(system, result, target, dt_walker)
+                self.barostat.apply(system, result, target, dt_walker, temperature=temperature, rngs=rngs)
         if self.wrap:
             with np.errstate(all='ignore'):
                 system.wrap()
@@ -911,7 +1084,8 @@ class BatchedMD:
     ) -> PotentialResult:
         settings = self.monte_carlo
         kT = KB * _per_walker(self.temperature, step, system.walker_ids)
-        pressure = _per_walker(self.pressure if self.pressure is not None else 0.0, step, system.walker_ids) * GPA
+        npt = self.pressure is not None  # volume and cell moves only under a target pressure
+        pressure = _per_walker(self.pressure if npt else 0.0, step, system.walker_ids) * GPA
         rngs = [self._mc_rngs[int(walker)] for walker in system.walker_ids]
         ok = np.isfinite(result.energy_bias)
         if not ok.all():
@@ -929,10 +1103,15 @@ class BatchedMD:
                 int(np.unique(system.numbers[system.atoms_slice(row)]).size > 1) for row in range(system.n_structures)
             )
             changed |= bool(accepted.any())
-        for _ in range(settings.n_volume):
+        for _ in range(settings.n_volume if npt else 0):
             accepted, energies = volume_move(system, energy_fn, energies, kT, pressure, rngs, settings.max_log_change)
             acceptance['volume'][0] += int(accepted.sum())
             acceptance['volume'][1] += int(system.periodic.sum())
+            changed |= bool(accepted.any())
+        for _ in range(settings.n_cell if npt else 0):
+            accepted, energies = cell_move(system, energy_fn, energies, kT, pressure, rngs, settings.cell_strain)
+            acceptance['cell'][0] += int(accepted.sum())
+            acceptance['cell'][1] += int(system.periodic.sum())
             changed |= bool(accepted.any())
         if not changed:
             return result
@@ -947,7 +1126,7 @@ class BatchedMD:
             max_atom = segment_max(result.atom_uncertainty, system.structure_index, n)
         pressure = np.full(n, np.nan)
         if result.stress is not None:
-            tensor = BerendsenBarostat().pressure_tensor(system, result, include_bias=False)
+            tensor = pressure_tensor(system, result, include_bias=False)
             pressure = np.where(system.periodic, np.trace(tensor, axis1=1, axis2=2) / 3.0 / GPA, np.nan)
         log['step'].extend([step] * n)
         log['walker'].extend(system.walker_ids.tolist())

@@ -5,10 +5,23 @@ Reads ``potential.pt`` (a GM-NN or a committee), ``seeds.npz`` (starting structu
 check) and ``parameters.json``::
 
     {"walkers": 4, "steps": 200, "timestep_fs": 2.0, "temperature_K": 300.0, "friction_per_fs": 0.01,
-     "pressure_GPa": null,                       # a number: NPT with a Berendsen barostat
+     "pressure_GPa": null,                       # a number: NPT (barostat below), and volume/cell MC moves
      "sample_every": 10, "seed": 0,
      "bias": {"kind": "none" | "committee" | "gradient" | "hal", "tau": 0.0, "relative_tau": null,
-              "stress_tau": 0.0, "species_strength": {}, "dim": 256},
+              "stress_tau": 0.0,            # constant τ_s of the bias stress (NPT; seed 003 eq. 7)
+              "relative_stress_tau": null,  # adaptive τ_s: bias-stress norm ≈ this × stress norm (seed 003 eq. 8)
+              "burn_in_steps": 100,         # steps with τ = τ_s = 0 before the adaptive strengths act (seed 002)
+              "species_strength": {}, "dim": 256},
+     "barostat": {"kind": "stochastic",    # NPT: Bernetti-Bussi stochastic cell rescaling, or "berendsen"
+                  "tau_fs": 1000.0,         # τ_P, fs (seed 003: 1 ps)
+                  "compressibility_per_GPa": null,  # β_T, 1/GPa; null: each walker's from the model's E(V)
+                                                    # curvature at its start (clipped to 1e-3..1; else 0.01)
+                  "anisotropic": false},    # berendsen only: scale with the full pressure tensor
+     "monte_carlo": null,                   # HAL's MC on E_bias (seed 002): {"every": 10 (MD steps),
+                                            #   "swap": 1, "volume": 0, "cell": 1 (attempts per walker and round),
+                                            #   "max_log_volume_change": 0.02, "cell_strain": 0.01}; swaps need two
+                                            #   elements, volume and cell moves pressure_GPa; [accepted, attempted]
+                                            #   per kind in results.json "mc_acceptance"
      "stop": {"max_force": 20.0, "min_distance_fraction": 0.75,   # eV/Å; unphysical frames
               "uncertainty": null,        # eV/Å: committee force deviation, or the calibrated gradient-feature
                                           # atom uncertainty of a single model (seed 003), above which a walker stops
@@ -16,7 +29,8 @@ check) and ``parameters.json``::
               "hal": null,                # {"s_tol": 0.5, "f_tol": null}: HAL's stop (seed 002 eq. 6-8), bias hal
               "gamma_break": null,        # D-optimality extrapolation grade above which a walker stops (seed 004)
               "check_every": 1},          # MD steps between two gamma evaluations
-     "features": {"kind": "sketch", "dim": 512},  # null: no gradient features
+     "features": {"kind": "sketch", "dim": 512,   # null: no gradient features
+                  "normalise_per_atom": true},    # structure features: per-atom means (seed 003) or sums (seed 001)
      "kpu": {"fraction": 0.5},                    # when the potential carries RLEKF P blocks
      "device": "auto", "num_threads": null}
 
@@ -24,13 +38,17 @@ Writes ``pool.npz`` (the candidates: frames every ``sample_every`` steps plus ea
 step, temperature, pressure, volume, model energy and uncertainties in ``info``), ``scores.npz`` (per-candidate
 arrays for the select step: ``pool_features``/``train_features`` (gradient features), ``calibrated_uncertainty``
 (max atom posterior uncertainty as a conformally calibrated force-error bound, eV/Å, when the training set has a
-validation split), ``max_force_deviation`` (committee, eV/Å), ``kpu`` (RLEKF)), ``stops.json`` (why and when each walker stopped) and ``results.json``.
+validation configuration; the same calibration as the walker stop, its record in ``results.json`` under
+``calibration``), ``max_force_deviation`` (committee, eV/Å), ``kpu`` (RLEKF), ``hal_stop`` and ``relative_force_uncertainty``
+(with ``stop.hal``: whether a candidate is a walker's HAL stop frame, its max relative force uncertainty f_i, and
+its ``walker``)), ``stops.json`` (why and when each walker stopped) and ``results.json``.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,7 +56,16 @@ import numpy as np
 from aiida_alkit.io.arrays import ConfigurationArrays
 from aiida_alkit.jobs.common import progress, run_job
 
-__all__ = ['POOL_FILE', 'POTENTIAL_FILE', 'SCORES_FILE', 'SEEDS_FILE', 'STOPS_FILE', 'TRAINING_FILE', 'main']
+__all__ = [
+    'POOL_FILE',
+    'POTENTIAL_FILE',
+    'SCORES_FILE',
+    'SEEDS_FILE',
+    'STOPS_FILE',
+    'TRAINING_FILE',
+    'main',
+    'potential_forces',
+]
 
 POTENTIAL_FILE = 'potential.pt'
 SEEDS_FILE = 'seeds.npz'
@@ -62,6 +89,23 @@ def load_model(path: pathlib.Path, device: str):
     return GMNN.load(path, device=device)
 
 
+def potential_forces(model, arrays: ConfigurationArrays, batch_size: int = 32) -> np.ndarray:
+    """Forces (N, 3), eV/Å, of a GM-NN or a committee (member mean) on every configuration of ``arrays``."""
+    from aiida_alkit.models.batching import batch_from_configurations
+
+    first = next(iter(getattr(model, 'members', [model])))
+    parts = []
+    for start in range(0, len(arrays), batch_size):
+        indices = np.arange(start, min(start + batch_size, len(arrays)))
+        batch = batch_from_configurations(arrays, first.species, first.cutoff, indices, first.device, first.dtype)
+        if hasattr(model, 'members'):
+            forces = model.predict(batch)['forces']
+        else:
+            forces = model(batch, compute_forces=True, training=False)['forces']
+        parts.append(np.asarray(forces.detach().cpu(), dtype=np.float64))
+    return np.concatenate(parts)
+
+
 def _training_min_distance(train: ConfigurationArrays | None, cutoff: float = 4.0) -> float | None:
     if train is None:
         return None
@@ -75,8 +119,8 @@ def _training_min_distance(train: ConfigurationArrays | None, cutoff: float = 4.
 def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from aiida_alkit.exploration.bias import AdaptiveStrength, BiasedPotential
-    from aiida_alkit.exploration.dynamics import BatchedMD, BerendsenBarostat, PhysicalLimits
+    from aiida_alkit.exploration.bias import BiasedPotential
+    from aiida_alkit.exploration.dynamics import BatchedMD, PhysicalLimits
     from aiida_alkit.exploration.pool import CandidatePool
     from aiida_alkit.jobs.train import _device
 
@@ -95,15 +139,16 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
 
     bias = dict(parameters.get('bias') or {})
     kind = bias.get('kind', 'none')
-    strength: Any = AdaptiveStrength(bias['relative_tau']) if bias.get('relative_tau') else bias.get('tau', 0.0)
+    strength, stress_strength = _bias_strengths(bias)
     pressure = parameters.get('pressure_GPa')
     stop = dict(parameters.get('stop') or {})
-    criteria, term = _stop_criteria(stop, kind, bias, members, train)
+    calibration = _atom_calibration(members, kind, bias, stop, train, parameters)
+    criteria, term = _stop_criteria(stop, kind, bias, members, train, calibration)
     potential = BiasedPotential(
         model if len(members) > 1 else members[0],
         term=term,
         strength=strength if term is not None else 0.0,
-        stress_strength=bias.get('stress_tau', 0.0) if term is not None else 0.0,
+        stress_strength=stress_strength if term is not None else 0.0,
         species_strength=bias.get('species_strength') or None,
         compute_stress=pressure is not None,
     )
@@ -128,8 +173,9 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
         n_steps=int(parameters.get('steps', 200)),
         criteria=criteria,
         physical=physical,
-        barostat=BerendsenBarostat() if pressure is not None else None,
+        barostat=_barostat(parameters, potential, starts) if pressure is not None else None,
         pressure=pressure,
+        monte_carlo=_monte_carlo(parameters, starts, pressure),
         pool=pool,
         seed=int(parameters.get('seed', 0)),
     )
@@ -145,10 +191,80 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
         return {'status': 'empty', 'error_message': 'no candidate frame was recorded', 'stop_counts': reasons}
     arrays = pool.to_arrays()
     arrays.save(folder / POOL_FILE)
-    scores = _scores(model, members, arrays, train, parameters, folder)
+    scores = _scores(model, members, arrays, train, parameters, folder, calibration)
     np.savez(folder / SCORES_FILE, **scores)
     progress(f'{len(arrays)} candidates; walker stops: {reasons}')
-    return {'status': 'ok', 'n_candidates': len(arrays), 'n_steps': int(result.n_steps), 'stop_counts': reasons}
+    results = {'status': 'ok', 'n_candidates': len(arrays), 'n_steps': int(result.n_steps), 'stop_counts': reasons}
+    if calibration is not None:
+        results['calibration'] = calibration.record
+    if md.monte_carlo is not None:
+        results['mc_acceptance'] = result.mc_acceptance  # move kind -> [accepted, attempted]
+    return results
+
+
+def _bias_strengths(bias: dict[str, Any]) -> tuple[Any, Any]:
+    """τ of the bias forces and τ_s of the bias stress: adaptive (seed 002 eq. 12, seed 003 eq. 8: "an equivalent
+    expression is applied for bias stresses") from ``relative_tau`` / ``relative_stress_tau``, each with its own
+    history and a burn-in of ``burn_in_steps`` (default 100, as HAL) with τ = 0; else the constants ``tau`` /
+    ``stress_tau``."""
+    from aiida_alkit.exploration.bias import DEFAULT_BURN_IN, AdaptiveStrength
+
+    burn_in = int(bias.get('burn_in_steps', DEFAULT_BURN_IN))
+    strengths = []
+    for relative, constant in (('relative_tau', 'tau'), ('relative_stress_tau', 'stress_tau')):
+        if bias.get(relative):
+            strengths.append(AdaptiveStrength(float(bias[relative]), burn_in=burn_in))
+        else:
+            strengths.append(float(bias.get(constant, 0.0)))
+    return strengths[0], strengths[1]
+
+
+def _barostat(parameters: dict[str, Any], potential, starts: list) -> Any:
+    """The NPT barostat (``barostat``): stochastic cell rescaling (default) or Berendsen, τ_P ``tau_fs`` (1000 fs)
+    and β_T ``compressibility_per_GPa``, by default each walker's own from the model (B = V ∂²E/∂V² at its start)."""
+    from aiida_alkit.exploration.dynamics import (
+        BerendsenBarostat,
+        StochasticCellRescaling,
+        WalkerSystem,
+        estimate_compressibility,
+    )
+
+    settings = dict(parameters.get('barostat') or {})
+    tau = float(settings.get('tau_fs', 1000.0))
+    compressibility: Any = settings.get('compressibility_per_GPa')
+    if compressibility is None:
+        compressibility = estimate_compressibility(potential, WalkerSystem.from_atoms(starts))
+        progress(f'barostat compressibility from the model: {np.round(compressibility, 5).tolist()} 1/GPa')
+    if settings.get('kind', 'stochastic') == 'berendsen':
+        return BerendsenBarostat(
+            tau=tau, compressibility=compressibility, anisotropic=bool(settings.get('anisotropic'))
+        )
+    return StochasticCellRescaling(tau=tau, compressibility=compressibility)
+
+
+def _monte_carlo(parameters: dict[str, Any], starts: list, pressure: Any) -> Any:
+    """HAL's Monte-Carlo moves on E_bias (``monte_carlo``, seed 002), or None."""
+    from aiida_alkit.exploration.dynamics import MonteCarlo
+
+    settings = parameters.get('monte_carlo')
+    if not settings:
+        return None
+    monte_carlo = MonteCarlo(
+        interval=int(settings.get('every', 10)),
+        n_swap=int(settings.get('swap', 1)),
+        n_volume=int(settings.get('volume', 0)),
+        n_cell=int(settings.get('cell', 1)),
+        max_log_change=float(settings.get('max_log_volume_change', 0.02)),
+        cell_strain=float(settings.get('cell_strain', 0.01)),
+    )
+    skipped = []
+    if monte_carlo.n_swap and all(len(set(atoms.numbers)) < 2 for atoms in starts):
+        skipped.append('swaps (every walker has a single element)')
+    if (monte_carlo.n_volume or monte_carlo.n_cell) and pressure is None:
+        skipped.append('volume and cell moves (no pressure_GPa: the cell stays fixed)')
+    if skipped:
+        progress('Monte Carlo: no ' + ', no '.join(skipped))
+    return monte_carlo
 
 
 def _bias_term(kind: str, bias: dict[str, Any], members: list, train: ConfigurationArrays | None):
@@ -187,12 +303,14 @@ def _bias_term(kind: str, bias: dict[str, Any], members: list, train: Configurat
     return HALUncertainty(model, BayesianRidge().fit(design, targets), atom_quantity=None)
 
 
-def _stop_criteria(stop: dict[str, Any], kind: str, bias: dict[str, Any], members: list, train):
+def _stop_criteria(
+    stop: dict[str, Any], kind: str, bias: dict[str, Any], members: list, train, calibration: AtomCalibration | None
+):
     """The papers' MD stop criteria (besides the physical limits) and the bias term (:func:`_bias_term`, built once).
 
     ``stop.uncertainty`` (eV/Å): a committee stops on its max atom force deviation; a single model on its gradient
-    -feature atom uncertainty, conformally calibrated to a force-error bound (seed 003 Methods; the GP is fitted on
-    the 'train' rows, calibrated on the 'valid' rows), which then also is the bias term of the ``gradient`` bias (or a
+    -feature atom uncertainty, conformally calibrated to a force-error bound (:func:`_atom_calibration`, the one
+    calibration the candidate scores use too), which then also is the bias term of the ``gradient`` bias (or a
     zero-strength term without bias). ``stop.hal``: HAL's relative-force / softmax criterion (seed 002 eq. 6-8) on the
     HAL term's member forces. ``stop.gamma_break``: the D-optimality extrapolation grade (seed 004).
     """
@@ -206,18 +324,17 @@ def _stop_criteria(stop: dict[str, Any], kind: str, bias: dict[str, Any], member
         if len(members) > 1:
             criteria.append(UncertaintyThreshold(float(threshold)))
         elif kind in ('none', 'gradient'):
-            # the calibrated term replaces the plain gradient bias term: fit the GP once, on the 'train' rows
-            term = _calibrated_gradient_term(members[0], bias, train, float(stop.get('calibration_alpha', 0.1)))
-            if term is None:
-                progress(
-                    'stop.uncertainty not applied: calibrating it needs >= 2 validation configurations with forces'
-                )
+            if calibration is None:
+                progress('stop.uncertainty not applied: calibrating it needs a validation configuration with forces')
             else:
+                term = calibration.term
                 criteria.append(UncertaintyThreshold(float(threshold), atom_uncertainty=atom_values))
         else:
             raise ValueError(
                 f'stop.uncertainty is for committees and the gradient bias; with bias {kind!r} use stop.hal'
             )
+    if term is None and kind == 'gradient' and calibration is not None:
+        term = calibration.term  # the GP of the calibration, fitted on the 'train' rows, biases the MD
     if term is None:
         term = _bias_term(kind, bias, members, train)
     hal = stop.get('hal')
@@ -237,21 +354,53 @@ def _stop_criteria(stop: dict[str, Any], kind: str, bias: dict[str, Any], member
     return criteria, term
 
 
-def _calibrated_gradient_term(model, bias: dict[str, Any], train: ConfigurationArrays | None, alpha: float):
-    """Gradient-feature posterior term fitted on the 'train' rows, atom values calibrated on the 'valid' rows."""
+@dataclass
+class AtomCalibration:
+    """The explore job's one calibration: a gradient-feature posterior term whose atom values ``q̂ u_i`` are force
+    -error bounds in eV/Å, and its record (rule, alpha, quantile level, q̂, validation size) for ``results.json``."""
+
+    term: Any
+    record: dict[str, Any]
+
+
+def _atom_calibration(
+    members: list, kind: str, bias: dict[str, Any], stop: dict[str, Any], train, parameters: dict[str, Any]
+) -> AtomCalibration | None:
+    """Calibrated atom uncertainty of a single model (seed 003 Methods), used by the walker stop, the gradient bias
+    and the candidate scores alike, so that ``stop.uncertainty`` (e.g. 1.5 eV/Å) and the select step's
+    ``uncertain_above`` (e.g. 0.15 eV/Å) are bounds on the same calibrated quantity.
+
+    The GP posterior (seed 003 eq. 4) is fitted on the atomic sketched gradient features (``bias.dim``, default 256)
+    of the configurations whose ``info.split`` is 'train'; inductive conformal calibration pools the per-atom scores
+    ``|ΔF_i| / u_i`` of every 'valid' configuration (per-atom force RMSE, eV/Å) at confidence 1 - ``calibration_alpha``
+    (default 0.1), with the quantile level clipped to 1 when there are too few atoms (recorded). A committee's or the
+    HAL bias's exploration calibrates its first model's term for the scores only. None when neither the features,
+    the stop nor the bias needs it, or without a validation configuration.
+    """
     from aiida_alkit.exploration.terms import GradientFeatureUncertainty, calibrated, fit_atom_calibrator
 
+    single_stop = stop.get('uncertainty') is not None and len(members) == 1 and kind in ('none', 'gradient')
+    if not (single_stop or kind == 'gradient' or parameters.get('features')):
+        return None
     if train is None or train.forces is None or 'split' not in train.info:
         return None
     valid = np.flatnonzero(train.info['split'] == 'valid')
     fit = np.flatnonzero(train.info['split'] != 'valid')
-    if valid.size < 2 or fit.size < 1:
+    if valid.size < 1 or fit.size < 1:
         return None
+    model = members[0]
     term = GradientFeatureUncertainty.from_data(
         model, train.subset(fit), kind='posterior', dim=int(bias.get('dim', 256))
     )
     structures = [train.get_atoms(int(i)) for i in valid]
-    return calibrated(term, fit_atom_calibrator(term, structures, alpha=alpha))
+    calibrator = fit_atom_calibrator(term, structures, alpha=float(stop.get('calibration_alpha', 0.1)))
+    record = calibrator.record(n_structures=int(valid.size), n_fit_structures=int(fit.size))
+    progress(
+        f'calibration: q_hat = {record["q_hat"]:.4g} (eV/Å per unit u) from {record["n_scores"]} atoms of '
+        f'{valid.size} validation configurations'
+        + (' (quantile level clipped to 1)' if record['level_clipped'] else '')
+    )
+    return AtomCalibration(term=calibrated(term, calibrator), record=record)
 
 
 def _hal_design(features, train, chosen, force_features, forces):
@@ -269,8 +418,13 @@ def _hal_design(features, train, chosen, force_features, forces):
     )
 
 
-def _scores(model, members, arrays, train, parameters, folder) -> dict[str, np.ndarray]:
-    """Per-candidate arrays for selection: gradient features, committee force deviation, KPU."""
+def _scores(model, members, arrays, train, parameters, folder, calibration) -> dict[str, np.ndarray]:
+    """Per-candidate arrays for selection: gradient features, calibrated uncertainty, committee deviation, KPU.
+
+    Structure features are per-atom means of the atomic features (``features.normalise_per_atom``, default true, as
+    the gradient bias uses them, seed 003 eq. 21) or sums (false, seed 001 eq. 11). ``calibrated_uncertainty`` is the
+    largest calibrated atom uncertainty of a candidate, eV/Å (the quantity the walker stop compares).
+    """
     from aiida_alkit.models.batching import batch_from_configurations
 
     scores: dict[str, np.ndarray] = {}
@@ -279,15 +433,25 @@ def _scores(model, members, arrays, train, parameters, folder) -> dict[str, np.n
     if features:
         from aiida_alkit.uncertainty.features import compute_features
 
-        settings = {'kind': features.get('kind', 'sketch'), 'dim': int(features.get('dim', 512)), 'seed': 0}
-        pool_features = compute_features(first, arrays, per_atom=True, **settings)
-        scores['pool_features'] = np.asarray(pool_features.structure)
+        settings = {
+            'kind': features.get('kind', 'sketch'),
+            'dim': int(features.get('dim', 512)),
+            'seed': 0,
+            'normalise_per_atom': bool(features.get('normalise_per_atom', True)),
+        }
+        scores['pool_features'] = np.asarray(compute_features(first, arrays, per_atom=False, **settings).structure)
         if train is not None:
-            train_features = compute_features(first, train, per_atom=True, **settings)
-            scores['train_features'] = np.asarray(train_features.structure)
-            calibrated = calibrated_uncertainty(first, train, train_features, pool_features, parameters)
-            if calibrated is not None:
-                scores['calibrated_uncertainty'] = calibrated
+            scores['train_features'] = np.asarray(compute_features(first, train, per_atom=False, **settings).structure)
+        if calibration is not None:
+            scores['calibrated_uncertainty'] = calibrated_uncertainty(calibration, arrays)
+    if (parameters.get('stop') or {}).get('hal') and 'frame_kind' in arrays.info:
+        # seed 002: the configuration at which HAL's stop criterion fired is the one to label
+        reasons = np.asarray(arrays.info['stop_reason']).astype(str)
+        scores['hal_stop'] = (np.asarray(arrays.info['frame_kind']).astype(str) == 'stop') & np.char.startswith(
+            reasons, 'hal'
+        )
+        scores['relative_force_uncertainty'] = np.asarray(arrays.info['f_max'], dtype=np.float64)
+        scores['walker'] = np.asarray(arrays.info['walker'], dtype=np.int64)
     if len(members) > 1:
         deviation = []
         for start in range(0, len(arrays), 32):
@@ -311,38 +475,12 @@ def _scores(model, members, arrays, train, parameters, folder) -> dict[str, np.n
     return scores
 
 
-def calibrated_uncertainty(model, train, train_features, pool_features, parameters) -> np.ndarray | None:
-    """Max atom posterior uncertainty of every candidate as a force-error bound in eV/Å (seed 003 Methods).
-
-    The GP posterior (seed 003 eq. 4) is fitted on the atomic features of the configurations whose ``info.split`` is
-    'train'; inductive conformal calibration (confidence 1 - ``calibration_alpha``, default 0.1) maps it to the
-    largest per-atom force RMSE of the model on the 'valid' configurations. None without at least two validation
-    configurations with forces.
-    """
-    from aiida_alkit.models.batching import batch_from_configurations
-    from aiida_alkit.uncertainty.conformal import ConformalCalibrator, atomic_force_rmse
-    from aiida_alkit.uncertainty.gp import GradientUncertainty
-
-    if train.forces is None or 'split' not in train.info:
-        return None
-    valid = np.flatnonzero(train.info['split'] == 'valid')
-    fit = np.flatnonzero(train.info['split'] != 'valid')
-    if valid.size < 2 or fit.size < 1:
-        return None
-    atom_rows = np.repeat(np.arange(len(train)), train.sizes)
-    atomic = np.asarray(train_features.atomic)
-    gp = GradientUncertainty('posterior').fit(atomic=atomic[np.isin(atom_rows, fit)])
-    valid_atomic = atomic[np.isin(atom_rows, valid)]
-    u_valid = gp.predict(atomic=valid_atomic, n_atoms=train.sizes[valid]).structure
-    batch = batch_from_configurations(train, model.species, model.cutoff, valid, model.device, model.dtype)
-    forces = np.asarray(model(batch, compute_forces=True)['forces'].detach().cpu(), dtype=np.float64)
-    errors_per_atom = atomic_force_rmse(forces, train.subset(valid).forces)
-    starts = np.concatenate([[0], np.cumsum(train.sizes[valid])[:-1]])
-    errors = np.maximum.reduceat(errors_per_atom, starts)
-    alpha = float((parameters.get('stop') or {}).get('calibration_alpha', 0.1))
-    calibrator = ConformalCalibrator().fit(u_valid, errors, alpha=alpha)
-    pool_u = gp.predict(atomic=np.asarray(pool_features.atomic), n_atoms=np.asarray(pool_features.n_atoms)).structure
-    return np.asarray(calibrator.calibrate(pool_u), dtype=np.float64)
+def calibrated_uncertainty(calibration: AtomCalibration, arrays: ConfigurationArrays) -> np.ndarray:
+    """Largest calibrated atom uncertainty ``max_i q̂ u_i`` of every configuration, eV/Å (seed 003 Methods): the
+    same term and q̂ as the walker stop, so a candidate recorded at the stop has the score that stopped it."""
+    _, atoms = calibration.term.evaluate(arrays)
+    starts = np.concatenate([[0], np.cumsum(arrays.sizes)[:-1]]).astype(np.int64)
+    return np.maximum.reduceat(np.asarray(atoms, dtype=np.float64), starts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 Implements ``seeds/000`` (ALKPU paper):
 
 * Sec. 2, Algorithm 1 (EKF with fading memory, EKFfm): ``λ_{t+1} = λ_t ν + 1 - ν`` with ``λ_1 = 0.98``,
-  ``ν = 0.9987``, ``P_0 = I``.
+  ``ν = 0.9987``, ``P_0 = I`` (we scale ``P_0`` to GM-NN's gradients instead, see "Initial covariance" below).
 * Appendix A, Algorithm 4 (one RLEKF update): the prediction vector ``Y`` is made a scalar by the sign flip
   ``Y_j, Y_j^DFT -> -Y_j, -Y_j^DFT`` wherever ``Y_j >= Y_j^DFT`` (so every error ``Y_j^DFT - Y_j`` is >= 0), then
   ``Y = mean_j Y_j``, ``er = mean_j (Y_j^DFT - Y_j)``, ``H = ∇_w Y``, ``α = 1 / (λ L + Hᵀ P H)`` (``L`` = number of
@@ -17,7 +17,7 @@ Implements ``seeds/000`` (ALKPU paper):
 * Sec. 3.1, Definition 3.1 and Algorithms 2-3 (KPU): ``KPU(x) = D_w h P_t D_w hᵀ = Σ_l H_l P_l H_lᵀ`` with the
   stored (trained) ``P_t`` and the factor ``α_t^{-2}`` neglected, as in the paper. ``KPU_force`` of a configuration
   is the mean of the KPUs of the 3 n force components of ``n = floor(N_a frac)`` random atoms (``frac = 0.5``),
-  each with ``H = ∂F_jk/∂w``. Units: (eV/Å)² times the units of ``P`` (``P_0 = I`` is in units of the squared
+  each with ``H = ∂F_jk/∂w``. Units: (eV/Å)² times the units of ``P`` (``P_0 = p0 I`` is in units of the squared
   parameters, so the KPU is a relative measure; it is compared with ``KPU_trained`` = mean over training data).
 
 Layer reorganisation ("splitting big and gathering adjacent small layers", Appendix A; details in ref. [33] of the
@@ -26,6 +26,24 @@ cut into contiguous blocks of at most ``block_size`` entries. A parameter tensor
 entries is split into full blocks of ``block_size``; its remainder and the following small tensors are gathered
 into one block as long as the sum stays <= ``block_size``; a small tensor is never split. The paper defers the
 block size to [33]; we use ``block_size = 10240`` as default.
+
+Initial covariance (a departure from the paper's ``P_0 = I``, see :func:`automatic_p0`): one update moves the
+scalar prediction by the linearised amount ``er ρ / (1 + ρ)`` with ``ρ = Hᵀ P H / (λ L)``; ``ρ >> 1`` lets the data
+dominate, ``ρ << 1`` freezes the weights. The paper's DeePMD (standard parametrisation, O(1) weight gradients, output
+in eV) has ``||∂E_i/∂w||² ≈ 10²`` for its [400, 50, 50, 50, 1] fitting net at initialisation (our estimate) and a few
+blocks, so ``P_0 = I`` means ``ρ_1`` of order 10: a diffuse prior, data-dominated first updates. GM-NN's NTK
+parametrisation (``W x / sqrt(d)``, eq. 3 of seeds/001) and output scale ``c`` (eq. 4, the per-atom RMSE of the
+element regression, ≈ 0.01 eV on rattled EMT copper) give ``||∇_w (E/N)||² ≈ 5 c² ≈ 6e-4 eV²``, so ``P_0 = I``
+means ``ρ_1 ≈ 1e-4``: each update corrects 0.01 % of its error. The default ``p0=None`` therefore sets
+``P_0 = p0 I`` with ``p0 = ρ_0 λ_1 L / mean_k ||∇_w h_E(x_k)||²`` over (at most 32) training configurations at
+initialisation, ``ρ_0 = p0_ratio = 1`` (the first energy update halves its error). Scaling a measurement by ``s`` is
+the same as ``P_0 -> s² P_0``, so this is the paper's ``P_0 = I`` with the energy measured in units of
+``sqrt(mean ||H_E||² / (λ_1 L))``. Measured (validation force RMSE after 5 epochs on 12 rattled EMT copper cells):
+16x16 GM-NN with ``block_size = 512`` (L = 5): ``p0 = 1`` (the paper) 368 meV/Å (369 before training),
+``p0 = 1e3 / 1e4 / 1e5`` (ρ_1 = 0.13 / 1.3 / 13) 11.7 / 8.8 / 7.2 meV/Å, ``p0 = 1e6`` erratic, ``p0 >= 1e7``
+diverges; 64x64 with ``block_size = 1024`` on 24 cells: ρ_0 = 0.1 / 1 / 10 / 100 give 13.8 / 7.8 / 7.1 / 25.5 meV/Å
+(Adam with the papers' 1000 epochs: 14.2). ρ_0 = 1 sits in the middle of the working range. ``p0=1.0`` reproduces
+the paper's literal setting. Stress labels are not used: Algorithm 5 trains on energies and forces.
 
 Choices where the paper is silent or ambiguous (all configurable in :class:`RLEKFConfig`):
 
@@ -62,7 +80,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -77,6 +95,7 @@ __all__ = [
     'ParameterBlock',
     'RLEKFConfig',
     'RLEKFHistory',
+    'automatic_p0',
     'covariance_memory_bytes',
     'evaluate_rmse',
     'kalman_prediction_uncertainty',
@@ -87,6 +106,8 @@ __all__ = [
 
 #: Default maximal number of parameters per reorganised layer (block of P), from ref. [33] of seeds/000.
 DEFAULT_BLOCK_SIZE = 10240
+#: Configurations of the training set whose energy gradients set the automatic P_0 (:func:`automatic_p0`).
+P0_CALIBRATION_CONFIGURATIONS = 32
 STATE_KIND = 'rlekf'
 STATE_VERSION = 1
 
@@ -98,7 +119,11 @@ class RLEKFConfig:
     :param block_size: largest number of parameters in one reorganised layer (one block of P).
     :param lambda1: initial fading-memory factor λ_1 (0.98).
     :param nu: ν of the update λ <- λ ν + 1 - ν (0.9987).
-    :param p0: P_0 = p0 · I (1.0).
+    :param p0: P_0 = p0 · I, in squared parameter units per eV² of the measurement. None (default): automatic,
+        ``p0 = p0_ratio λ_1 L / mean_k ||∇_w h_E(x_k)||²`` on the training data (:func:`automatic_p0`; GM-NN's
+        NTK gradients are ~1e4 times smaller than DeePMD's, so the paper's P_0 = I barely learns). 1.0: the paper.
+    :param p0_ratio: ρ_0 = Hᵀ P_0 H / (λ_1 L) of the mean first energy measurement for ``p0=None`` (1.0: the first
+        energy update corrects half of its error).
     :param n_atoms_per_force_update: n_a, atoms sampled for one force update (6).
     :param n_force_updates: n_F, force updates per training step (4).
     :param energy_per_atom: measure the energy per atom, eV/atom (True) or the total energy, eV (False).
@@ -110,7 +135,8 @@ class RLEKFConfig:
     block_size: int = DEFAULT_BLOCK_SIZE
     lambda1: float = 0.98
     nu: float = 0.9987
-    p0: float = 1.0
+    p0: float | None = None
+    p0_ratio: float = 1.0
     n_atoms_per_force_update: int = 6
     n_force_updates: int = 4
     energy_per_atom: bool = True
@@ -125,8 +151,12 @@ class RLEKFConfig:
             raise ValueError(f'lambda1 must be in (0, 1], got {self.lambda1}')
         if not 0.0 < self.nu < 1.0:
             raise ValueError(f'nu must be in (0, 1), got {self.nu}')
-        if not self.p0 > 0.0:
-            raise ValueError(f'p0 must be positive, got {self.p0}')
+        if self.p0 is not None and not float(self.p0) > 0.0:
+            raise ValueError(f'p0 must be positive or None (automatic), got {self.p0}')
+        if not float(self.p0_ratio) > 0.0:
+            raise ValueError(f'p0_ratio must be positive, got {self.p0_ratio}')
+        self.p0 = None if self.p0 is None else float(self.p0)
+        self.p0_ratio = float(self.p0_ratio)
         if int(self.n_atoms_per_force_update) < 1 or int(self.n_force_updates) < 0:
             raise ValueError('n_atoms_per_force_update must be >= 1 and n_force_updates >= 0')
         self.block_size = int(self.block_size)
@@ -213,6 +243,48 @@ def _flatten(parameters: Sequence[torch.Tensor], gradients: Sequence[torch.Tenso
     )
 
 
+def _energy_measurement(model: nn.Module, batch: Batch, config: RLEKFConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prediction, label) of the energy measurement h_E: ``energy_weight`` × (E/N_a, eV/atom, or E, eV), (B,)."""
+    energy = model(batch, compute_forces=False)['energy']
+    label = batch.energy.to(energy.dtype)
+    if config.energy_per_atom:
+        n_atoms = batch.n_atoms.to(energy.dtype)
+        energy, label = energy / n_atoms, label / n_atoms
+    return config.energy_weight * energy, config.energy_weight * label
+
+
+def automatic_p0(model: nn.Module, calibration: Batch | Sequence[Batch], config: RLEKFConfig | None = None) -> float:
+    """The default ``p0`` of ``P_0 = p0 I``: ``p0 = ρ_0 λ_1 L / mean_k ||∇_w h_E(x_k)||²`` (squared parameter units/eV²).
+
+    ``h_E(x_k)`` is the energy measurement of configuration ``k`` (energy per atom, eV/atom, times
+    ``energy_weight``) with the current weights, ``L`` the number of reorganised layers, ``ρ_0 = config.p0_ratio``.
+    With it the first energy update of Algorithm 4 has ``Hᵀ P_0 H / (λ_1 L) = ρ_0`` on average and corrects
+    ``ρ_0 / (1 + ρ_0)`` of its error (linearised): the paper's data-dominated start, whatever the output scale of
+    the model (see the module docstring for why ``P_0 = I`` does not give it on GM-NN).
+
+    :param calibration: labelled batch(es); every configuration counts once (per-configuration gradients).
+    """
+    config = config or RLEKFConfig()
+    named = _trainable(model)
+    parameters = [parameter for _, parameter in named]
+    n_blocks = len(partition_parameters([(n, p.numel()) for n, p in named], config.block_size))
+    batches = [calibration] if isinstance(calibration, Batch) else list(calibration)
+    squared = []
+    for batch in batches:
+        if batch.energy is None:
+            raise ValueError('the automatic P_0 needs energy labels on the calibration batches')
+        for index in range(batch.n_structures):
+            single = _select_structure(batch, index) if batch.n_structures > 1 else batch
+            with torch.enable_grad():
+                prediction, _ = _energy_measurement(model, single, config)
+                gradient = _flatten(parameters, torch.autograd.grad(prediction.sum(), parameters, allow_unused=True))
+            squared.append(float(gradient.square().sum()))
+    mean = float(np.mean(squared)) if squared else 0.0
+    if not math.isfinite(mean) or mean <= 0.0:
+        raise ValueError(f'cannot set the automatic P_0: the mean squared energy gradient is {mean}')
+    return config.p0_ratio * config.lambda1 * n_blocks / mean
+
+
 def _sign_flip_scalarise(prediction: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, float]:
     """Algorithm 4 lines 1-6: flip components with ``Y_j >= Y_j^DFT``; return ``(mean Y_j, mean error >= 0)``."""
     label = label.detach().to(prediction.dtype)
@@ -227,18 +299,30 @@ class RLEKF:
 
     :param model: a :class:`~aiida_alkit.models.gmnn.GMNN` (any module whose forward takes a batch and returns
         ``energy`` (B,) eV and ``forces`` (N, 3) eV/Å).
-    :param config: settings; defaults are the paper's.
+    :param config: settings; defaults are the paper's except ``p0`` (automatic, see the module docstring).
+    :param calibration: labelled batch(es) for the automatic ``P_0`` (needed when ``config.p0`` is None, ignored
+        otherwise); ``self.config.p0`` then holds the value used.
 
     Attributes: ``P`` (list of float64 (n_l, n_l) tensors, the blocks of P_t), ``lam`` (λ of the next update),
     ``n_updates`` (number of Algorithm 4 updates done), ``blocks`` (the layer reorganisation).
     """
 
-    def __init__(self, model: nn.Module, config: RLEKFConfig | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, config: RLEKFConfig | None = None, calibration: Batch | Sequence[Batch] | None = None
+    ) -> None:
         self.model = model
-        self.config = config or RLEKFConfig()
+        config = config or RLEKFConfig()
         named = _trainable(model)
         if not named:
             raise ValueError('the model has no trainable parameters')
+        if config.p0 is None:
+            if calibration is None:
+                raise ValueError(
+                    'RLEKFConfig.p0 = None (automatic P_0) needs calibration batches: pass calibration=..., use '
+                    "train_rlekf, or give p0 explicitly (p0=1.0 is the paper's P_0 = I)"
+                )
+            config = replace(config, p0=automatic_p0(model, calibration, config))
+        self.config = config
         self.parameter_names = [name for name, _ in named]
         self.parameters = [parameter for _, parameter in named]
         self.blocks = partition_parameters([(n, p.numel()) for n, p in named], self.config.block_size)
@@ -297,13 +381,7 @@ class RLEKF:
         if batch.energy is None:
             raise ValueError('the batch has no energy labels')
         with torch.enable_grad():
-            energy = self.model(batch, compute_forces=False)['energy']
-            label = batch.energy.to(energy.dtype)
-            if self.config.energy_per_atom:
-                n_atoms = batch.n_atoms.to(energy.dtype)
-                energy, label = energy / n_atoms, label / n_atoms
-            weight = self.config.energy_weight
-            y, error = _sign_flip_scalarise(weight * energy, weight * label)
+            y, error = _sign_flip_scalarise(*_energy_measurement(self.model, batch, self.config))
             H = self._flat_gradient(y)
         return self._kalman_update(H, error)
 
@@ -444,6 +522,9 @@ def train_rlekf(
 ) -> RLEKFHistory:
     """Train ``model`` with RLEKF (Algorithm 5): per epoch, one step per configuration in shuffled order.
 
+    With ``config.p0`` None (the default) a new optimizer sets P_0 by :func:`automatic_p0` on at most
+    ``P0_CALIBRATION_CONFIGURATIONS`` (32) evenly spaced training configurations, after ``fit_shift``.
+
     :param train: labelled ``ConfigurationArrays`` (energy and forces).
     :param valid: optional labelled ``ConfigurationArrays`` for validation metrics.
     :param config: RLEKF settings (ignored when ``optimizer`` is given to continue a previous run).
@@ -464,7 +545,11 @@ def train_rlekf(
     if optimizer is None:
         if fit_shift:
             model.fit_shift_from_batch(make(np.arange(len(train))))
-        optimizer = RLEKF(model, config)
+        calibration = None
+        if config is None or config.p0 is None:
+            count = min(len(train), P0_CALIBRATION_CONFIGURATIONS)
+            calibration = make(np.unique(np.linspace(0, len(train) - 1, count).round().astype(np.int64)))
+        optimizer = RLEKF(model, config, calibration)
     history = RLEKFHistory(optimizer=optimizer)
     cache: dict[int, Batch] = {}
     shuffle_rng = np.random.default_rng(optimizer.config.seed + 1)

@@ -1,4 +1,5 @@
-"""Parser of `alkit.explore`: pool.npz → DatasetData, scores.npz → ArrayData, stops.json → Dict."""
+"""Parser of `alkit.explore`: pool.npz → DatasetData, scores.npz → ArrayData (with the calibration record of
+``results.json`` as its ``calibration`` attribute), stops.json → Dict."""
 
 from __future__ import annotations
 
@@ -35,5 +36,7 @@ class ExploreParser(AlkitJobParser):
         with np.load(scores_file, allow_pickle=False) as data:
             for name in data.files:
                 scores.set_array(name, data[name])
+        if results.get('calibration'):  # rule, alpha, quantile level, q_hat, validation size: queryable
+            scores.base.attributes.set('calibration', results['calibration'])
         self.out('scores', scores)
         return None

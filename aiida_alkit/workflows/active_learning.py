@@ -6,8 +6,9 @@ graph (selection: :func:`~aiida_alkit.calculations.functions.select_candidates`;
 
 * ``max_rounds`` rounds were run, or the ``label_budget`` (number of labelled structures) is spent;
 * the fraction of explored candidates flagged *accurate* reaches ``accurate_fraction`` (DP-GEN's criterion; the
-  window strategies ``dpgen`` and ``alkpu``, ``gradient`` through ``uncertain_above`` (a calibrated bound in eV/Å) and
-  ``dopt`` (extrapolation grade at most ``gamma_select``) classify candidates as accurate), or nothing is left to
+  window strategies ``dpgen`` and ``alkpu``, ``gradient`` through ``uncertain_above`` (a calibrated bound in eV/Å),
+  ``dopt`` (extrapolation grade at most ``gamma_select``) and ``hal`` (frames of walkers whose HAL run never stopped)
+  classify candidates as accurate), or nothing is left to
   select — at the *last* stage of the ``schedule``: at an earlier stage the campaign moves on to the next scheduled
   exploration (temperature, pressure) without labelling, as DP-GEN's stages do;
 * with a ``test_dataset``: its force RMSE falls below ``target_force_rmse`` (eV/Å).
@@ -219,7 +220,7 @@ class ActiveLearningWorkChain(WorkChain):
         spec.input(
             'select.parameters',
             valid_type=orm.Dict,
-            default=lambda: orm.Dict({'method': 'lcmd', 'batch_size': 8}),
+            default=lambda: orm.Dict({'method': 'maxdet', 'batch_size': 8}),
             help='method, batch_size and options of aiida_alkit.selection.api.select.',
         )
         spec.expose_inputs(LabelWorkChain, namespace='label', exclude=('structures',))
@@ -731,8 +732,8 @@ class ActiveLearningWorkChain(WorkChain):
         if 'uncertain_above' in parameters and 'calibrated_uncertainty' not in self.ctx.scores.get_arraynames():
             parameters.pop('uncertain_above')
             self.report(
-                f'round {self.ctx.round}: no calibrated uncertainty (the training set needs >= 2 validation '
-                'configurations with forces): every candidate counts as uncertain this round'
+                f'round {self.ctx.round}: no calibrated uncertainty (the training set needs a validation '
+                'configuration with forces): every candidate counts as uncertain this round'
             )
         self.ctx.select_parameters = parameters
         return None

@@ -71,6 +71,8 @@ def single_potential(alkit_python_code, training_set):  # noqa: F811
 
 @pytest.mark.parametrize('kind', ['gradient', 'hal'])
 def test_feature_biased_exploration(alkit_python_code, single_potential, training_set, kind):  # noqa: F811
+    # hal as the preset runs it, under a pressure: HAL's Monte-Carlo cell moves and the stochastic barostat
+    npt = {'pressure_GPa': 0.0, 'monte_carlo': {'every': 4, 'swap': 1, 'cell': 1}} if kind == 'hal' else {}
     results, node = _explore(
         alkit_python_code,
         single_potential,
@@ -78,6 +80,7 @@ def test_feature_biased_exploration(alkit_python_code, single_potential, trainin
         training_set,
         bias={'kind': kind, 'relative_tau': 0.2, 'dim': 16},
         features={'kind': 'last_layer'},
+        **npt,
     )
     assert node.exit_status == 0, node.exit_message
     assert len(results['pool']) >= 2
@@ -91,3 +94,7 @@ def test_bad_parameters(alkit_python_code, committee_potential, training_set):  
         _explore(alkit_python_code, committee_potential, training_set, training_set, bias={'kind': 'magic'})
     with pytest.raises(ValueError, match='far too large'):
         _explore(alkit_python_code, committee_potential, training_set, training_set, timestep_fs=50.0)
+    with pytest.raises(ValueError, match=r'monte_carlo\.every must be an integer >= 1'):
+        _explore(alkit_python_code, committee_potential, training_set, training_set, monte_carlo={'every': 0})
+    with pytest.raises(ValueError, match=r'barostat\.kind must be'):
+        _explore(alkit_python_code, committee_potential, training_set, training_set, barostat={'kind': 'mtk'})

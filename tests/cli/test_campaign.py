@@ -141,5 +141,10 @@ def test_report_and_plot(campaign, tmp_path):
     assert path.is_file() and path.stat().st_size > 0
     assert path.read_bytes().startswith(PNG_MAGIC)
     labelled = sum(row['labelled'] for row in report['rounds'])
-    assert len(calibration_points(campaign)) == labelled  # every labelled pick has a model energy in its pool
+    points = calibration_points(campaign)
+    assert len(points) == labelled  # every labelled pick has a calibrated score in its round
+    # the gradient strategy scores candidates with the calibrated max atom uncertainty (eV/Å), plotted against the
+    # max atom force error of the potential that explored them: both are force bounds on the diagonal's scale
+    assert {point['kind'] for point in points} == {'calibrated'}
+    assert all(point['uncertainty'] > 0 and 0 < point['error'] < 10 for point in points)
     assert f'Wrote {path} (3 panels)' in result.output

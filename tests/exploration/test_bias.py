@@ -177,3 +177,34 @@ def test_committee_helpers_match_their_definitions():
     )
     assert isinstance(values, UncertaintyValues)
     assert float(values.structure[0]) == pytest.approx(np.sqrt(1.0 + 0.25))  # eq. 5 with 1/λ = 0.25 eV²
+
+
+def test_burn_in_delays_both_adaptive_strengths_in_npt(tiny_committee, copper_cells):
+    """HAL's burn-in (seeds/002: norms recorded for a while before τ adapts) for τ and τ_s alike (seeds/003: "an
+    equivalent expression is applied for bias stresses"): zero for the first ``burn_in`` steps, then positive."""
+    from aiida_alkit.exploration.dynamics import BatchedMD, StochasticCellRescaling
+
+    potential = BiasedPotential(
+        tiny_committee,
+        CommitteeUncertainty(),
+        strength=AdaptiveStrength(0.2, burn_in=5),
+        stress_strength=AdaptiveStrength(0.5, burn_in=5),
+        compute_stress=True,
+    )
+    run = BatchedMD(
+        potential,
+        copper_cells,
+        timestep=1.0,
+        temperature=300.0,
+        n_steps=8,
+        barostat=StochasticCellRescaling(tau=100.0),
+        pressure=0.0,
+        seed=2,
+    ).run()
+    log = run.log
+    early = log['step'] < 5
+    assert np.all(log['tau'][early] == 0) and np.all(log['tau_stress'][early] == 0)
+    assert np.all(log['tau'][~early] > 0) and np.all(log['tau_stress'][~early] > 0)
+    with pytest.raises(ValueError, match='separate AdaptiveStrength'):
+        shared = AdaptiveStrength(0.2)
+        BiasedPotential(tiny_committee, CommitteeUncertainty(), strength=shared, stress_strength=shared)

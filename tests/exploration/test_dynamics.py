@@ -15,8 +15,11 @@ from aiida_alkit.exploration.dynamics import (
     MonteCarlo,
     PhysicalLimits,
     Schedule,
+    StochasticCellRescaling,
     UncertaintyThreshold,
     WalkerSystem,
+    cell_move,
+    estimate_compressibility,
     metropolis_accept,
     swap_move,
     volume_move,
@@ -375,3 +378,125 @@ def test_bias_stress_enters_the_barostat(tiny_committee, copper_cells):
         if stress_strength:
             assert np.all(run.log['tau_stress'] > 0)
     assert not np.allclose(volumes[0], volumes[1], rtol=1e-6)
+
+
+def _ideal_gas(n_walkers: int, n_atoms: int, temperature: float, targets: np.ndarray) -> list[Atoms]:
+    """Cubic cells of <V> = (N + 1) kT / P_0 with atoms at random positions (no interactions)."""
+    rng = np.random.default_rng(0)
+    structures = []
+    for target in targets[:n_walkers]:
+        side = ((n_atoms + 1) * KB * temperature / (target * units.GPa)) ** (1 / 3)
+        positions = rng.random((n_atoms, 3))
+        structures.append(Atoms(f'Cu{n_atoms}', scaled_positions=positions, cell=np.eye(3) * side, pbc=True))
+    return structures
+
+
+def test_stochastic_cell_rescaling_samples_the_isobaric_ideal_gas():
+    """Ideal gas (E = 0, σ = 0), N = 27, 300 K, P_0 = 0.5 and 1 GPa: p(V) ∝ V^N exp(-P_0 V/kT), so
+    <V> = (N + 1) kT/P_0, std(V) = sqrt(N + 1) kT/P_0 and <P_int> = P_0 exactly. Bernetti-Bussi samples it (per-walker
+    β_T = 1/P_0); Berendsen, under the same conditions (τ_P = 100 fs), damps the volume fluctuations to about half."""
+    n_walkers, n_atoms, temperature = 32, 27, 300.0
+    targets = np.repeat([0.5, 1.0], n_walkers // 2)  # GPa
+    compressibility = 1.0 / targets  # 1/GPa, one per walker id
+    structures = _ideal_gas(n_walkers, n_atoms, temperature, targets)
+    anchors = {w: atoms.positions for w, atoms in enumerate(structures)}
+    spreads = {}
+    for barostat, steps in (
+        (StochasticCellRescaling(tau=100.0, compressibility=compressibility, max_scaling=0.05), 600),
+        (BerendsenBarostat(tau=100.0, compressibility=compressibility, max_scaling=0.05), 400),
+    ):
+        run = BatchedMD(
+            _PressurePotential(anchors, p=0.0),
+            structures,
+            timestep=2.0,
+            temperature=temperature,
+            n_steps=steps,
+            barostat=barostat,
+            pressure=targets,
+            seed=1,
+            wrap=False,
+        ).run()
+        assert set(run.stop_reasons.values()) == {'max_steps'}  # no blow-up
+        log = run.log
+        for target in (0.5, 1.0):
+            rows = (log['step'] >= 100) & np.isin(log['walker'], np.flatnonzero(targets == target))
+            scale = KB * temperature / (target * units.GPa)  # kT/P_0, Å³
+            volume = log['volume'][rows]
+            spreads[type(barostat).__name__, target] = volume.std() / (np.sqrt(n_atoms + 1) * scale)
+            if isinstance(barostat, StochasticCellRescaling):
+                assert volume.mean() == pytest.approx((n_atoms + 1) * scale, rel=0.06)
+                assert log['pressure'][rows].mean() == pytest.approx(target, rel=0.05)  # GPa
+    for target in (0.5, 1.0):
+        assert spreads['StochasticCellRescaling', target] == pytest.approx(1.0, abs=0.15)
+        assert spreads['BerendsenBarostat', target] < 0.7
+
+
+def test_cell_moves_sample_the_isobaric_ideal_gas_and_change_the_shape():
+    """h' = h exp(A), A symmetric: with E = 0 the volume follows p(V) ∝ V^N exp(-P V/kT), <V> = (N + 1) kT/P."""
+    n_walkers, kT, pressure = 100, 0.025, 7.5e-4  # <V> = 3 kT / P = 100 Å³ for N = 2
+    structures = [Atoms('Cu2', positions=[[0, 0, 0], [1, 1, 1]], cell=np.eye(3) * 4.0, pbc=True)] * n_walkers
+    system = WalkerSystem.from_atoms(structures)
+    rngs = [np.random.default_rng(300 + s) for s in range(n_walkers)]
+
+    def zero(trial: WalkerSystem) -> np.ndarray:
+        return np.zeros(trial.n_structures)
+
+    current = np.zeros(n_walkers)
+    volumes, accepted = [], 0
+    for sweep in range(150):
+        moved, current = cell_move(
+            system, zero, current, np.full(n_walkers, kT), np.full(n_walkers, pressure), rngs, strain=0.2
+        )
+        accepted += int(moved.sum())
+        if sweep >= 30:
+            volumes.append(system.volumes())
+    assert np.mean(volumes) == pytest.approx(3 * kT / pressure, rel=0.05)
+    assert 0.2 < accepted / (150 * n_walkers) < 0.95
+    cell = system.cells[0]
+    assert np.abs(cell - np.diag(np.diag(cell))).max() > 0.1  # sheared, not only scaled
+    fractional = np.linalg.solve(cell.T, system.positions[1])
+    np.testing.assert_allclose(fractional, [0.25, 0.25, 0.25], atol=1e-4)  # after ~100 accepted deformations
+
+
+def test_hal_monte_carlo_needs_two_elements_for_swaps_and_a_pressure_for_cell_moves(tiny_committee):
+    """Single-element walkers skip swaps; volume and cell moves run only under a target pressure (NPT)."""
+    fcc = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    atoms = Atoms('Cu4', scaled_positions=fcc, cell=np.eye(3) * 3.61, pbc=True)
+    settings = MonteCarlo(interval=2, n_swap=1, n_volume=1, n_cell=2, cell_strain=0.01)
+    for pressure in (None, 0.0):
+        potential = BiasedPotential(tiny_committee, CommitteeUncertainty(), strength=0.1, compute_stress=True)
+        run = BatchedMD(
+            potential, [atoms, atoms.copy()], temperature=600.0, n_steps=8, pressure=pressure, monte_carlo=settings
+        ).run()
+        assert run.mc_acceptance['swap'] == [0, 0]
+        rounds = 4  # steps 2, 4, 6, 8
+        expected = 0 if pressure is None else 2 * rounds
+        assert run.mc_acceptance['volume'][1] == expected and run.mc_acceptance['cell'][1] == 2 * expected
+        assert set(run.stop_reasons.values()) == {'max_steps'}
+
+
+class _QuadraticVolumePotential(HarmonicPotential):
+    """E = B/(2 V_0) (V - V_0)² per walker (B in GPa per walker id), so V ∂²E/∂V² = B at V = V_0."""
+
+    def __init__(self, anchors, moduli: dict[int, float], volume: float) -> None:
+        super().__init__(anchors, k=0.0)
+        self.moduli, self.volume = moduli, volume
+
+    def evaluate(self, system, forces=True, update_strength=True):
+        result = super().evaluate(system, forces, update_strength)
+        moduli = np.array([self.moduli[int(w)] for w in system.walker_ids]) * units.GPa
+        result.energy = moduli / (2 * self.volume) * (system.volumes() - self.volume) ** 2
+        result.energy_bias = result.energy.copy()
+        return result
+
+
+def test_compressibility_is_estimated_from_the_model_curvature():
+    fcc = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    periodic = Atoms('Cu4', scaled_positions=fcc, cell=np.eye(3) * 3.61, pbc=True)
+    cluster = Atoms('Cu4', positions=periodic.positions)
+    structures = [periodic, periodic.copy(), periodic.copy(), periodic.copy(), cluster]
+    moduli = {0: 140.0, 1: 5.0, 2: 0.1, 3: -20.0, 4: 140.0}  # Cu, a soft framework, too soft, unstable, a cluster
+    potential = _QuadraticVolumePotential(_anchors(structures), moduli, periodic.get_volume())
+    beta = estimate_compressibility(potential, WalkerSystem.from_atoms(structures))
+    np.testing.assert_allclose(beta[:2], [1 / 140.0, 1 / 5.0], rtol=1e-6)  # 1/GPa
+    assert beta[2] == 1.0 and beta[3] == beta[4] == 0.01  # clipped to B >= 1 GPa; the generic 100 GPa

@@ -138,9 +138,9 @@ def test_selection_record(campaign):
             assert record['rank'] == attributes.get('alkit_rank') == int(name.split('_')[1])
             assert record['score'] == attributes.get('alkit_score')
             assert record['pool_index'] == attributes.get('alkit_pool_index')
-            assert record['method'] == 'lcmd'
+            assert record['method'] == 'maxdet'
             assert record['labelled'] is True and record['failure'] is None
-            assert orm.load_node(record['selection']).base.attributes.get('method') == 'lcmd'
+            assert orm.load_node(record['selection']).base.attributes.get('method') == 'maxdet'
     initial = _label_inputs(campaign, 'label_initial')
     record = selection_record(initial['initial_0000'])
     assert record['round'] == 0 and record['pick'] == 'initial_0000'
