@@ -29,7 +29,7 @@ last 100 steps of each walker, with ``F^u = w ∇u`` the bias force per unit str
 same way with its own relative strength (seeds/003: "an equivalent expression is applied for bias stresses"):
 ``τ_s = τ_rs Σ_m ||σ(t_m)|| / Σ_m ||σ^u(t_m)||`` with ``σ^u = -(1/V) ∂u/∂ε`` and Frobenius norms, by a second
 :class:`AdaptiveStrength`. Both can wait a burn-in (HAL: "performing a burn-in period to record the magnitudes ...
-typically ... the latest 100 timesteps"; its reference code delays τ by 100 steps, :data:`DEFAULT_BURN_IN`) with τ = 0
+typically ... the latest 100 timesteps"; its reference code delays τ by 100 steps, ``DEFAULT_BURN_IN``) with τ = 0
 while the norms of the unbiased dynamics are recorded. (seeds/002 prints eq. 12 with the ratio inverted; τ_r is
 described there as "the relative average strength of the biasing force in comparison to the average force", which is
 what this implements: ``τ ||F^u|| ≈ τ_r ||F||``.)
@@ -198,7 +198,7 @@ class AdaptiveStrength:
     :param relative: τ_r (seeds/002: 0.05-0.25).
     :param window: number of steps averaged (100).
     :param burn_in: steps with τ = 0 while the first norms are recorded (0: bias from the first step; the explore job
-        uses :data:`DEFAULT_BURN_IN`).
+        uses ``DEFAULT_BURN_IN``).
     :param max_value: optional upper bound on τ.
     """
 
