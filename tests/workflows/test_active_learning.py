@@ -150,6 +150,8 @@ def test_one_round_of_every_other_strategy(alkit_python_code, strategy):
     overrides = {**TINY_OVERRIDES, 'max_rounds': 1}
     if strategy == 'alkpu':  # RLEKF on the tiny model: one epoch, small blocks
         overrides = deep_merge(overrides, {'train': {'parameters': {'rlekf': {'epochs': 1, 'block_size': 64}}}})
+    if strategy == 'hal':  # a softmax over 32 atoms is at least 1/32: every HAL run stops, its stop frame is picked
+        overrides = deep_merge(overrides, {'explore': {'parameters': {'stop': {'hal': {'s_tol': 0.01}}}}})
     builder = ActiveLearningWorkChain.get_builder_from_protocol(
         alkit_python_code,
         _copper(4, labelled=True),
@@ -167,8 +169,14 @@ def test_one_round_of_every_other_strategy(alkit_python_code, strategy):
     assert entry['selected'] >= 1
     assert entry['labelled'] == entry['selected'] - entry['failed_labels']
     select = next(n for n in node.called_descendants if getattr(n, 'process_label', '') == 'select_candidates')
-    expected = {'alkpu': 'alkpu', 'hal': 'maxdet', 'dopt': 'maxvol', 'random': 'random'}[strategy]
+    expected = {'alkpu': 'alkpu', 'hal': 'hal', 'dopt': 'maxvol', 'random': 'random'}[strategy]
     assert select.outputs.selection.base.attributes.get('method') == expected
+    if strategy == 'hal':  # seed 002: what is labelled is the configurations at which the HAL runs stopped
+        pool = select.inputs.pool.arrays.info
+        picked = select.outputs.selection.get_array('indices')
+        assert set(pool['frame_kind'][picked]) == {'stop'} and all(
+            r.startswith('hal') for r in pool['stop_reason'][picked]
+        )
 
 
 @pytest.mark.campaign

@@ -54,7 +54,8 @@ def test_unconverged_scf_is_retried_then_a_failed_label_and_the_campaign_goes_on
         **TINY_OVERRIDES,
         'max_failed_fraction': 1.0,
         'train': {'parameters': {**TINY_OVERRIDES['train']['parameters'], 'model': model}},
-        'select': {'parameters': {'batch_size': 1}},
+        # every candidate counts as uncertain (a calibrated bound above 0), so that each round picks one structure
+        'select': {'parameters': {'batch_size': 1, 'uncertain_above': 0.0}},
     }
     label = {
         'engine': 'pw',
