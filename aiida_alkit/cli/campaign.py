@@ -409,8 +409,12 @@ def write_plot(rows: list[dict[str, Any]], path: str, calibration: list[dict[str
         else:
             ax.set_xlabel('selection score')
         if all(p['uncertainty'] > 0 and p['error'] > 0 for p in calibration):
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale('log')
             ax.set_yscale('log')
+            for axis in (ax.xaxis, ax.yaxis):  # unlabelled minor ticks: a narrow decade would overprint them
+                axis.set_minor_formatter(NullFormatter())
         if kinds <= set(FORCE_CALIBRATION_KINDS):
             ax.set_ylabel('max atom force error of the model (eV/Å)')
         else:
