@@ -1,0 +1,84 @@
+"""Smoke test of ``benchmarks/bench_pool_selection.py --quick``: every method runs, the output is well formed."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / 'benchmarks' / 'bench_pool_selection.py'
+METHODS = ('random', 'maxdiag_gp', 'maxdet_gp', 'maxdist_feat', 'lcmd_feat', 'qbc_maxdiag')
+SUMMARY_KEYS = (
+    'target_force_rmse_mev_per_ang',
+    'labels_to_target',
+    'labels_ratio_vs_random',
+    'pool_labels_ratio_best_vs_random',
+    'best_diverse_method',
+    'diverse_need_fewer_labels_than_maxdiag',
+    'rmse_ratio_vs_random_at_final_labels',
+    'rmse_ratio_vs_random_at_mid_labels',
+    'wall_s',
+    'settings',
+)
+
+
+def _positive(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.campaign
+def test_quick_mode_runs_every_method(tmp_path):
+    plot = tmp_path / 'curves.png'
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), '--quick', '--cache', str(tmp_path / 'cache'), '--plot', str(plot)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    lines = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith('{')]
+    summaries = [line for line in lines if line.get('summary')]
+    records = [line for line in lines if not line.get('summary')]
+    assert len(summaries) == 1
+    summary = summaries[0]
+
+    assert {record['method'] for record in records} == set(METHODS)
+    counts = summary['settings']['label_counts']
+    for method in METHODS:
+        assert sorted(r['labels'] for r in records if r['method'] == method) == counts
+    conditions = {condition['name'] for condition in summary['settings']['conditions']}
+    for record in records:
+        assert record['benchmark'] == 'pool_selection'
+        for key in (
+            'force_rmse_mev_per_ang',
+            'energy_rmse_mev_per_atom',
+            'force_rmse_max_over_conditions_mev_per_ang',
+            'energy_rmse_max_over_conditions_mev_per_atom',
+        ):
+            assert _positive(record[key]), (key, record)
+        per_condition = record['force_rmse_per_condition_mev_per_ang']
+        assert set(per_condition) == conditions
+        assert all(_positive(value) for value in per_condition.values())
+        assert all(_positive(value) for value in record['energy_rmse_per_condition_mev_per_atom'].values())
+        assert record['force_rmse_max_over_conditions_mev_per_ang'] == max(per_condition.values())
+        assert record['force_rmse_max_over_conditions_mev_per_ang'] >= record['force_rmse_mev_per_ang']
+
+    for key in SUMMARY_KEYS:
+        assert key in summary, key
+    assert summary['quick'] is True
+    assert set(summary['labels_to_target']) == set(METHODS)
+    assert summary['labels_to_target']['random'] == counts[-1]
+    assert summary['labels_ratio_vs_random']['random'] == 1.0
+    assert isinstance(summary['diverse_need_fewer_labels_than_maxdiag'], bool)
+    ratio = summary['pool_labels_ratio_best_vs_random']
+    assert ratio is None or _positive(ratio)
+    assert _positive(summary['target_force_rmse_mev_per_ang'])
+    final = summary['rmse_ratio_vs_random_at_final_labels']
+    assert set(final) == {'labels', *METHODS} - {'random'}
+    assert all(_positive(value) for method in METHODS[1:] for value in final[method].values())
+    assert plot.stat().st_size > 0
