@@ -9,6 +9,8 @@ reported too (``biased_over_unbiased_cpu``, less sensitive to other processes).
 
 Prints one JSON line: ``biased_over_unbiased`` (target <= 1.3), ``us_per_atom_step`` (biased, wall µs per atom per
 MD step), the unbiased value, and for reference ``single_model_us_per_atom_step`` (one member, unbiased).
+``ops_per_md_step`` / ``unbiased_ops_per_md_step``: aten operator calls (torch profiler) of one potential evaluation
+of all walkers, biased and unbiased (on CUDA also ``kernel_launches_per_md_step``).
 ``--quick`` runs 3 steps per run, 2 repeats, a 2-member small committee (seconds).
 """
 
@@ -66,6 +68,12 @@ def run(
             'single': BiasedPotential(single),
         }
 
+    from profiling import count_operator_calls
+
+    from aiida_alkit.exploration.dynamics import WalkerSystem
+
+    system = WalkerSystem.from_atoms(walkers)
+    counts = {name: count_operator_calls(lambda p=p: p.evaluate(system)) for name, p in potentials().items()}
     md(potentials()['biased'])  # warm-up
     best = {'unbiased': math.inf, 'biased': math.inf, 'single': math.inf}
     best_cpu = dict(best)
@@ -90,6 +98,10 @@ def run(
         'us_per_atom_step': round(1e6 * best['biased'] / n_atoms, 2),
         'unbiased_us_per_atom_step': round(1e6 * best['unbiased'] / n_atoms, 2),
         'single_model_us_per_atom_step': round(1e6 * best['single'] / n_atoms, 2),
+        'ops_per_md_step': counts['biased']['ops'],
+        'unbiased_ops_per_md_step': counts['unbiased']['ops'],
+        'kernel_launches_per_md_step': counts['biased']['kernel_launches'],
+        'unbiased_kernel_launches_per_md_step': counts['unbiased']['kernel_launches'],
         'numpy': np.__version__,
         'torch': torch.__version__,
     }

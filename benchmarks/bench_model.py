@@ -7,7 +7,12 @@ Measured in one run:
     value (``us_per_atom_step``), the model alone (``model_us_per_atom_step``) and the neighbour list alone;
   * ``train_epoch_s``: one epoch of :func:`train_adam` over 100 rattled Cu-32 configurations (EMT labels, batch 32;
     8 configurations with ``--quick``), without the one-off neighbour lists;
-  * the same on CUDA when ``torch.cuda.is_available()`` (keys prefixed ``cuda_``).
+  * the same on CUDA when ``torch.cuda.is_available()`` (keys prefixed ``cuda_``; ``--device`` picks one);
+  * ``ops_per_train_step`` / ``ops_per_md_step``: aten operator calls (torch profiler) of one Adam step on 32 Cu-32
+    configurations and of one energy + forces evaluation of Cu-108, and on CUDA the kernel launches of each
+    (``cuda_kernel_launches_per_train_step`` / ``..._md_step``): the same operator count on CPU and GPU, so it can be
+    tracked without a GPU;
+  * ``--production``: also the single Cu-6912 cell (12x12x12 conventional cells), the production MD size.
 Model: ``GMNNHyperparameters(species=['Cu'])`` (cutoff 5 Å, 9 Gaussians, 7 radial functions, d_0 = 910, 512x512,
 float32). Prints one JSON line. Target: ``us_per_atom_step`` <= 100 µs on a 2-core CPU.
 """
@@ -107,13 +112,51 @@ def time_training_epoch(device: str, data) -> dict[str, float]:
     return {'train_epoch_s': result.history[1]['time_s'], 'train_total_s': time.perf_counter() - start}
 
 
-def run(quick: bool) -> dict:
+def operator_counts(model, data) -> dict[str, int]:
+    """Operator calls (and CUDA kernel launches) of one Adam step on 32 configurations and of one energy + forces
+    evaluation of Cu-108 (neighbour list outside)."""
+    import torch
+    from profiling import count_operator_calls
+
+    from aiida_alkit.models.training import GraphDataset, loss_function
+
+    graphs = GraphDataset.from_configurations(data, model.species, model.cutoff, model.device, model.dtype)
+    batch = graphs.batch(list(range(min(32, len(graphs)))))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=model.device.type == 'cuda')
+
+    def train_step() -> None:
+        predictions = model(batch, compute_forces=True, compute_stress=True, training=True)
+        loss = loss_function(predictions, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    atoms = copper(3)
+    md_batch = model.make_batch([atoms])
+
+    def md_step() -> None:
+        model(md_batch, compute_forces=True)['forces'].detach()
+
+    train, md = count_operator_calls(train_step), count_operator_calls(md_step)
+    return {
+        'ops_per_train_step': train['ops'],
+        'ops_per_md_step': md['ops'],
+        'kernel_launches_per_train_step': train['kernel_launches'],
+        'kernel_launches_per_md_step': md['kernel_launches'],
+    }
+
+
+def run(quick: bool, device_choice: str = 'all', production: bool = False) -> dict:
     import torch
 
     from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
 
     sizes = (2, 3) if quick else (3, 6)  # conventional cells per direction: 32/108 or 108/864 atoms
+    if production:
+        sizes = (*sizes, 12)  # Cu-6912
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    if device_choice != 'all':
+        devices = [d for d in devices if d == device_choice]
     data = training_set(8 if quick else 100)
     report: dict = {
         'benchmark': 'gmnn_default_model_speed',
@@ -133,7 +176,9 @@ def run(quick: bool) -> dict:
             n_repeats = 3 if quick or len(atoms) > 500 else 5
             per_size[str(len(atoms))] = {k: round(v, 2) for k, v in time_evaluation(model, atoms, n_repeats).items()}
         report[f'{prefix}per_size'] = per_size
-        report[f'{prefix}us_per_atom_step'] = per_size[str(len(copper(sizes[-1])))]['us_per_atom_step']
+        report[f'{prefix}us_per_atom_step'] = per_size[str(len(copper(sizes[1])))]['us_per_atom_step']
+        counts = operator_counts(model, data)
+        report.update({f'{prefix}{k}': v for k, v in counts.items() if device == 'cuda' or 'launches' not in k})
         report.update({f'{prefix}{k}': round(v, 3) for k, v in time_training_epoch(device, data).items()})
     report['train_configs'] = len(data)
     report['target_us_per_atom_step'] = 100.0
@@ -144,12 +189,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--quick', action='store_true', help='smaller cells and training set (a few seconds)')
     parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch default)')
+    parser.add_argument('--device', choices=('all', 'cpu', 'cuda'), default='all', help='devices to measure')
+    parser.add_argument('--production', action='store_true', help='also the Cu-6912 cell (production MD size)')
     args = parser.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    print(json.dumps(run(args.quick)))
+    print(json.dumps(run(args.quick, args.device, args.production)))
 
 
 if __name__ == '__main__':

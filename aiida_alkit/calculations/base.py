@@ -8,7 +8,7 @@ import json
 from aiida.common.datastructures import CalcInfo, CodeInfo
 from aiida.engine import CalcJob
 
-from aiida_alkit.jobs.common import PARAMETERS_FILE, RESULTS_FILE
+from aiida_alkit.jobs.common import GRANTED_CORES_KEY, PARAMETERS_FILE, RESULTS_FILE
 
 __all__ = ['AlkitJobCalculation']
 
@@ -43,9 +43,20 @@ class AlkitJobCalculation(CalcJob):
         """Files kept in the ``retrieved`` folder and files only handed to the parser (large outputs)."""
         raise NotImplementedError
 
+    def granted_cores(self) -> int:
+        """Cores of the scheduler request that the job's one process may use: ``num_cores_per_mpiproc`` when set,
+        else ``num_cores_per_machine``, else ``num_mpiprocs_per_machine`` (1 by default), so that a job never runs
+        more torch threads than it asked its scheduler (or the shared localhost) for."""
+        resources = self.node.get_option('resources') or {}
+        for key in ('num_cores_per_mpiproc', 'num_cores_per_machine', 'num_mpiprocs_per_machine'):
+            if resources.get(key):
+                return max(1, int(resources[key]))
+        return 1
+
     def prepare_for_submission(self, folder):
+        parameters = {**self.job_parameters(), GRANTED_CORES_KEY: self.granted_cores()}
         with folder.open(PARAMETERS_FILE, 'w') as handle:
-            json.dump(self.job_parameters(), handle, indent=1)
+            json.dump(parameters, handle, indent=1)
         codeinfo = CodeInfo()
         codeinfo.code_uuid = self.inputs.code.uuid
         codeinfo.cmdline_params = ['-m', f'aiida_alkit.jobs.{self.JOB.split(".")[0]}', '.']

@@ -13,7 +13,7 @@ __all__ = ['EXPLORE_PARAMETERS', 'ExploreCalculation', 'validate_explore_paramet
 
 EXPLORE_PARAMETERS = {
     'walkers', 'steps', 'timestep_fs', 'temperature_K', 'friction_per_fs', 'pressure_GPa', 'sample_every', 'seed',
-    'bias', 'stop', 'features', 'kpu', 'device', 'num_threads', 'barostat', 'monte_carlo',
+    'bias', 'stop', 'features', 'kpu', 'device', 'num_threads', 'barostat', 'monte_carlo', 'neighbor_skin_A',
 }  # fmt: skip
 BIAS_PARAMETERS = {
     'kind', 'tau', 'relative_tau', 'stress_tau', 'relative_stress_tau', 'burn_in_steps', 'species_strength', 'dim',
@@ -39,6 +39,9 @@ def validate_explore_parameters(parameters: dict) -> str | None:
             return f'{key} must be a positive number, got {value!r}'
     if (parameters.get('timestep_fs') or 0) > 10:
         return f'timestep_fs={parameters["timestep_fs"]} is far too large for atomistic MD (use <= 10 fs)'
+    skin = parameters.get('neighbor_skin_A', 1.0)
+    if not _is_number(skin) or not 0 <= skin < float('inf'):
+        return f'neighbor_skin_A must be a number >= 0 (Verlet skin, Å; 0: rebuild every step), got {skin!r}'
     kind = (parameters.get('bias') or {}).get('kind', 'none')
     if kind not in ('none', 'committee', 'gradient', 'hal'):
         return f'bias.kind must be "none", "committee", "gradient" or "hal", got {kind!r}'

@@ -109,6 +109,7 @@ def select_candidates(pool: DatasetData, scores: orm.ArrayData, parameters: orm.
         attributes ``method`` and the accurate/candidate/failed counts) and ``pick_NNNN`` StructureData whose
         attributes ``alkit_pool_index``, ``alkit_rank`` and ``alkit_score`` make them queryable.
     """
+    from aiida_alkit.jobs.common import torch_threads
     from aiida_alkit.selection.api import select
 
     settings = parameters.get_dict()
@@ -116,16 +117,19 @@ def select_candidates(pool: DatasetData, scores: orm.ArrayData, parameters: orm.
     if unknown:
         raise ValueError(f'unknown selection parameters {unknown}; allowed: {list(SELECT_PARAMETERS)}')
     names = scores.get_arraynames()
-    result = select(
-        settings.pop('method'),
-        int(settings.pop('batch_size')),
-        pool_features=scores.get_array('pool_features') if 'pool_features' in names else None,
-        train_features=scores.get_array('train_features') if 'train_features' in names else None,
-        scores={name: scores.get_array(name) for name in names if not name.endswith('_features')},
-        seed=int(seed.value),
-        n_pool=len(pool),
-        **settings,
-    )
+    # one torch thread: this runs inside a daemon worker next to running jobs (2 threads on a busy 2-core machine made
+    # a greedy MaxDist 50x slower than 1)
+    with torch_threads(1):
+        result = select(
+            settings.pop('method'),
+            int(settings.pop('batch_size')),
+            pool_features=scores.get_array('pool_features') if 'pool_features' in names else None,
+            train_features=scores.get_array('train_features') if 'train_features' in names else None,
+            scores={name: scores.get_array(name) for name in names if not name.endswith('_features')},
+            seed=int(seed.value),
+            n_pool=len(pool),
+            **settings,
+        )
     selection = orm.ArrayData()
     for name in ('indices', 'gains', 'scores', 'ranks'):
         selection.set_array(name, np.asarray(getattr(result, name)))

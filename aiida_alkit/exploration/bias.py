@@ -47,7 +47,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from aiida_alkit.models.batching import Batch, batch_from_arrays
+from aiida_alkit.models.batching import Batch, VerletBatcher
 from aiida_alkit.models.gmnn import GMNN
 
 __all__ = [
@@ -396,6 +396,11 @@ class BiasedPotential:
     :param stress_strength: τ_s for the bias stress (seeds/003 eq. 7), likewise (default 0: no bias stress).
     :param species_strength: weight w_Z per element symbol (default 1), e.g. ``{'H': 0.0}`` (seeds/003).
     :param compute_stress: evaluate the stress (and bias stress) of walkers periodic in all directions (NPT).
+    :param neighbor_skin: Verlet skin of the neighbour lists, Å (:class:`~aiida_alkit.models.batching.VerletBatcher`):
+        each walker's list is built with ``cutoff + skin`` and reused while no atom can have come closer than the
+        cutoff unnoticed (about: no atom moved more than skin/2, cell changes included); 0 rebuilds every evaluation.
+        Results do not depend on it (beyond rounding). ``neighbor_rebuilds``/``neighbor_requests`` count the walker
+        lists built/needed.
     """
 
     def __init__(
@@ -406,6 +411,7 @@ class BiasedPotential:
         stress_strength: float | ConstantStrength | AdaptiveStrength | None = 0.0,
         species_strength: Mapping[str, float] | None = None,
         compute_stress: bool = False,
+        neighbor_skin: float = 1.0,
     ) -> None:
         self.members = _members(model)
         first = self.members[0]
@@ -428,23 +434,48 @@ class BiasedPotential:
             [float((species_strength or {}).get(symbol, 1.0)) for symbol in self.species], dtype=torch.float64
         )
         self.compute_stress = bool(compute_stress)
+        self.neighbor_skin = neighbor_skin
 
     @property
     def n_members(self) -> int:
         return len(self.members)
 
-    def make_batch(self, system: Any) -> Batch:
-        """Batch (neighbour lists) of a :class:`~aiida_alkit.exploration.dynamics.WalkerSystem`."""
-        return batch_from_arrays(
+    @property
+    def neighbor_skin(self) -> float:
+        """Verlet skin of the neighbour lists, Å (setting it forgets the stored lists, not the counters)."""
+        return self._neighbors.skin
+
+    @neighbor_skin.setter
+    def neighbor_skin(self, value: float) -> None:
+        old = getattr(self, '_neighbors', None)
+        self._neighbors = VerletBatcher(self.species, self.cutoff, value, device=self.device, dtype=self.dtype)
+        if old is not None:
+            self._neighbors.rebuilds, self._neighbors.requests = old.rebuilds, old.requests
+
+    @property
+    def neighbor_rebuilds(self) -> int:
+        """Walker neighbour lists built so far (one per walker and build)."""
+        return self._neighbors.rebuilds
+
+    @property
+    def neighbor_requests(self) -> int:
+        """Walker neighbour lists needed so far (one per walker and evaluation)."""
+        return self._neighbors.requests
+
+    def make_batch(self, system: Any, store: bool = True) -> Batch:
+        """Batch (neighbour lists) of a :class:`~aiida_alkit.exploration.dynamics.WalkerSystem`.
+
+        :param store: keep lists rebuilt now for the next evaluations of these walkers (False for trial
+            configurations: Monte-Carlo moves and other energy-only probes use the stored lists but leave them).
+        """
+        return self._neighbors(
             system.positions,
             system.numbers,
             system.cells,
             system.pbc,
             system.offsets,
-            self.species,
-            self.cutoff,
-            device=self.device,
-            dtype=self.dtype,
+            keys=getattr(system, 'walker_ids', None),
+            store=store,
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -455,7 +486,7 @@ class BiasedPotential:
         :param forces: compute forces and stresses (False: energies and u only, e.g. Monte-Carlo trials).
         :param update_strength: record this step's norms in an adaptive strength (False for re-evaluations).
         """
-        batch = self.make_batch(system)
+        batch = self.make_batch(system, store=forces)
         walker_ids = np.asarray(system.walker_ids)
         energy_level = self.term is None or bool(getattr(self.term, 'energy_level', False))
         if energy_level:

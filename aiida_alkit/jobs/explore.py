@@ -32,7 +32,10 @@ check) and ``parameters.json``::
      "features": {"kind": "sketch", "dim": 512,   # null: no gradient features
                   "normalise_per_atom": true},    # structure features: per-atom means (seed 003) or sums (seed 001)
      "kpu": {"fraction": 0.5},                    # when the potential carries RLEKF P blocks
-     "device": "auto", "num_threads": null}
+     "device": "auto", "num_threads": null,
+     "neighbor_skin_A": 1.0}                      # Verlet skin, Å: neighbour lists rebuilt only when an atom may have
+                                                  # moved > skin/2 (cell changes included); 0: every step. results.json
+                                                  # "neighbor_lists": walker lists rebuilt / needed
 
 Writes ``pool.npz`` (the candidates: frames every ``sample_every`` steps plus each walker's stop frame, with walker,
 step, temperature, pressure, volume, model energy and uncertainties in ``info``), ``scores.npz`` (per-candidate
@@ -54,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from aiida_alkit.io.arrays import ConfigurationArrays
-from aiida_alkit.jobs.common import progress, run_job
+from aiida_alkit.jobs.common import configure_threads, progress, run_job
 
 __all__ = [
     'POOL_FILE',
@@ -117,15 +120,15 @@ def _training_min_distance(train: ConfigurationArrays | None, cutoff: float = 4.
 
 
 def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
-    import torch
 
     from aiida_alkit.exploration.bias import BiasedPotential
     from aiida_alkit.exploration.dynamics import BatchedMD, PhysicalLimits
     from aiida_alkit.exploration.pool import CandidatePool
     from aiida_alkit.jobs.train import _device
 
-    if parameters.get('num_threads'):
-        torch.set_num_threads(int(parameters['num_threads']))
+    threads = configure_threads(parameters)
+    if threads is not None:
+        progress(f'torch threads: {threads}')
     device = _device(parameters.get('device', 'auto'))
     model = load_model(folder / POTENTIAL_FILE, device)
     members = list(getattr(model, 'members', [model]))
@@ -151,6 +154,7 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
         stress_strength=stress_strength if term is not None else 0.0,
         species_strength=bias.get('species_strength') or None,
         compute_stress=pressure is not None,
+        neighbor_skin=float(parameters.get('neighbor_skin_A', 1.0)),
     )
     physical = PhysicalLimits(
         max_force=float(stop.get('max_force', 20.0)),
@@ -199,6 +203,7 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
         results['calibration'] = calibration.record
     if md.monte_carlo is not None:
         results['mc_acceptance'] = result.mc_acceptance  # move kind -> [accepted, attempted]
+    results['neighbor_lists'] = {'rebuilt': potential.neighbor_rebuilds, 'needed': potential.neighbor_requests}
     return results
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from aiida_alkit.io.arrays import ConfigurationArrays
-from aiida_alkit.jobs.common import progress, run_job
+from aiida_alkit.jobs.common import configure_threads, progress, run_job
 
 __all__ = ['CHECKPOINT_FILE', 'DATASET_FILE', 'INITIAL_FILE', 'METRICS_FILE', 'POTENTIAL_FILE', 'main', 'split_by_info']
 
@@ -88,13 +88,13 @@ def _errors(model, arrays: ConfigurationArrays | None) -> dict[str, Any] | None:
 
 
 def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
-    import torch
 
     from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
     from aiida_alkit.models.training import TrainingConfig, TrainingDivergedError
 
-    if parameters.get('num_threads'):
-        torch.set_num_threads(int(parameters['num_threads']))
+    threads = configure_threads(parameters)
+    if threads is not None:
+        progress(f'torch threads: {threads}')
     arrays = ConfigurationArrays.load(folder / DATASET_FILE)
     if arrays.energy is None:
         raise ValueError('the training set has no energy labels')

@@ -4,6 +4,9 @@ All atoms of all structures are concatenated; ``structure_index[n]`` says which 
 every edge ``(edge_i[e], edge_j[e], edge_shifts[e])`` is a neighbour pair inside one structure (global atom indices;
 the vector from ``i`` to the neighbour image is ``r_j - r_i + S @ cell``, Å). Labels (energy eV, forces eV/Å,
 stress eV/Å³ with ASE's sign, ``stress = (1/V) dE/dε``) ride along when the input has them.
+
+:class:`VerletBatcher` builds the batches of a structure set that evolves in time (MD walkers) and reuses neighbour
+lists built with ``cutoff + skin`` while that is provably safe (Verlet skin); see its docstring for the criterion.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ import torch
 
 from aiida_alkit.models.neighbors import neighbor_list
 
-__all__ = ['Batch', 'batch_from_arrays', 'batch_from_atoms', 'batch_from_configurations', 'species_index_table']
+__all__ = [
+    'Batch',
+    'VerletBatcher',
+    'batch_from_arrays',
+    'batch_from_atoms',
+    'batch_from_configurations',
+    'species_index_table',
+]
 
 
 @dataclass
@@ -93,6 +103,17 @@ def species_index_table(species: Sequence[str]) -> np.ndarray:
     return table
 
 
+def _species_indices(numbers: np.ndarray, species: Sequence[str], table: np.ndarray | None = None) -> np.ndarray:
+    """(N,) species index of each atomic number; ValueError naming the elements the model does not know."""
+    species_index = (species_index_table(species) if table is None else table)[numbers]
+    if (species_index < 0).any():
+        from ase.data import chemical_symbols
+
+        unknown = sorted({chemical_symbols[z] for z in numbers[species_index < 0]})
+        raise ValueError(f'elements {unknown} are not among the model species {list(species)}')
+    return species_index
+
+
 def batch_from_arrays(
     positions: np.ndarray,
     numbers: np.ndarray,
@@ -124,13 +145,7 @@ def batch_from_arrays(
     n_structures = len(offsets) - 1
     if cells.shape[0] != n_structures or pbc.shape[0] != n_structures or offsets[-1] != len(positions):
         raise ValueError('inconsistent batch arrays: cells/pbc/offsets do not match the number of atoms/structures')
-    table = species_index_table(species)
-    species_index = table[numbers]
-    if (species_index < 0).any():
-        from ase.data import chemical_symbols
-
-        unknown = sorted({chemical_symbols[z] for z in numbers[species_index < 0]})
-        raise ValueError(f'elements {unknown} are not among the model species {list(species)}')
+    species_index = _species_indices(numbers, species)
 
     edges_i, edges_j, edges_s = [], [], []
     for b in range(n_structures):
@@ -222,3 +237,312 @@ def batch_from_atoms(
         device=device,
         dtype=dtype,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------- Verlet skin
+@dataclass
+class _StoredList:
+    """A neighbour list of one structure built with ``cutoff + skin`` and the geometry it was built for.
+
+    ``edge_i``/``edge_j`` (E,) are local atom indices sorted by ``edge_i``, ``shifts`` (E, 3) int64, all on the
+    batcher's device; ``fractional`` (n, 3) holds the fractional coordinates at the build (fully periodic structures).
+    """
+
+    generation: int
+    n_atoms: int
+    pbc: np.ndarray
+    periodic: bool
+    positions: np.ndarray
+    cell: np.ndarray
+    fractional: np.ndarray | None
+    edge_i: torch.Tensor
+    edge_j: torch.Tensor
+    shifts: torch.Tensor
+
+
+@dataclass
+class _Edges:
+    """The stored pairs of a batch's structures, global atom indices (``counts``: pairs per structure)."""
+
+    signature: tuple[int, ...]
+    edge_i: torch.Tensor
+    edge_j: torch.Tensor
+    shifts: torch.Tensor
+    float_shifts: torch.Tensor
+    counts: list[int]
+
+
+class VerletBatcher:
+    """Batches of structures that move in time, with neighbour lists reused inside a Verlet skin.
+
+    A structure's list is built (vesin, :func:`~aiida_alkit.models.neighbors.neighbor_list`) with the radius
+    ``cutoff + skin`` and stored under the structure's key (the MD walker). Later calls with the same key reuse it while
+    that is provably complete: every pair now closer than ``cutoff`` is in the stored list. Each call then keeps the
+    stored pairs that are closer than ``cutoff`` now (float64, on the device), so the batch has exactly the pairs that
+    :func:`batch_from_arrays` would give (in another order): energies, forces, stresses and anything else computed on
+    the edges are the same up to rounding.
+
+    **Criterion.** At the build: positions ``R_i``, cell ``H`` (rows). Now: positions ``r_i``, cell ``h``. For a fully
+    periodic structure, with fractional coordinates ``f_i = r_i h⁻¹`` and ``f⁰_i = R_i H⁻¹``, the integer image
+    offsets ``n_i = round(f_i - f⁰_i)`` follow atoms that were wrapped into the cell (any integer would be correct;
+    rounding makes the bound tight), ``u_i = r_i - n_i h`` is the unwrapped position and ``e_i = (f_i - n_i - f⁰_i) H``
+    the displacement measured in the build's cell (an affine deformation of the cell does not change it). The pair
+    ``(i, j, S)`` of the stored list becomes ``(i, j, S - n_j + n_i)``: its vector is
+    ``r_j - r_i + (S - n_j + n_i) h = u_j - u_i + S h``. With ``F = H⁻¹ h`` (so ``h = H F``, ``u_i = (R_i + e_i) F``),
+    that vector is ``v = (w + e_j - e_i) F`` where ``w = R_j - R_i + S H`` is the pair's vector at the build. Hence
+    ``|w| ≤ |v| ‖F⁻¹‖₂ + 2 max|e|``, and a pair with ``|v| < cutoff`` has ``|w| < cutoff + skin`` (so it was stored) as
+    long as
+
+        ``2 max_i |e_i| + cutoff (‖F⁻¹‖₂ - 1) < skin``        (‖·‖₂: the largest singular value)
+
+    With a fixed cell (NVT) this is the textbook rule "rebuild when an atom moved more than half the skin"; under NPT
+    the isotropic or general cell change enters only through ``‖F⁻¹‖₂ = ‖h⁻¹ H‖₂`` (a contraction by 1 % costs
+    ``0.01 cutoff``; an expansion costs nothing). Structures that are not periodic in all three directions are not
+    wrapped (``n = 0``, ``e = r - R``) and reuse a list only while their cell is exactly unchanged. A structure is
+    rebuilt when its key is new, its atom count or periodicity changed, the bound fails, or a value is not finite.
+
+    :param species: element symbols known to the model. :param cutoff: model cutoff, Å. :param skin: Verlet skin, Å
+        (0: a fresh list at the cutoff every call, exactly :func:`batch_from_arrays`).
+    :param device: device of the batch. :param dtype: floating-point dtype of positions and cells in the batch.
+
+    ``rebuilds`` counts structures whose list was built (vesin calls), ``requests`` the structures batched.
+    """
+
+    def __init__(
+        self,
+        species: Sequence[str],
+        cutoff: float,
+        skin: float = 1.0,
+        device: str | torch.device = 'cpu',
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        skin = float(skin)
+        if not (np.isfinite(skin) and skin >= 0):
+            raise ValueError(f'the neighbour-list skin must be a finite number >= 0 Å, got {skin!r}')
+        self.species = list(species)
+        self.cutoff = float(cutoff)
+        self.skin = skin
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.rebuilds = 0
+        self.requests = 0
+        self._table = species_index_table(self.species)
+        self._stored: dict[Any, _StoredList] = {}
+        self._generation = 0
+        self._reference_cache: tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._edge_cache: _Edges | None = None
+        self._image_cache: tuple[tuple[int, ...], np.ndarray, torch.Tensor] | None = None
+
+    def clear(self) -> None:
+        """Forget the stored lists (the counters are kept)."""
+        self._stored.clear()
+        self._reference_cache = self._edge_cache = self._image_cache = None
+
+    def __call__(
+        self,
+        positions: np.ndarray,
+        numbers: np.ndarray,
+        cells: np.ndarray,
+        pbc: np.ndarray,
+        offsets: np.ndarray,
+        keys: Sequence[Any] | np.ndarray | None = None,
+        store: bool = True,
+    ) -> Batch:
+        """Batch of the structures (flat layout of :func:`batch_from_arrays`), without labels.
+
+        :param keys: (B,) hashable key of each structure (e.g. the walker id); default ``0 .. B-1``.
+        :param store: keep lists built in this call for later calls (False for throw-away trial configurations, e.g.
+            Monte-Carlo moves: they may use a stored list but do not replace it).
+        """
+        positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+        numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+        cells = np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3)
+        pbc = np.asarray(pbc, dtype=bool).reshape(-1, 3)
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+        n_structures = len(offsets) - 1
+        self.requests += n_structures
+        if self.skin == 0:
+            self.rebuilds += n_structures
+            return batch_from_arrays(
+                positions, numbers, cells, pbc, offsets, self.species, self.cutoff, device=self.device, dtype=self.dtype
+            )
+        if cells.shape[0] != n_structures or pbc.shape[0] != n_structures or offsets[-1] != len(positions):
+            raise ValueError('inconsistent batch arrays: cells/pbc/offsets do not match the number of atoms/structures')
+        keys = list(range(n_structures)) if keys is None else [_hashable(key) for key in keys]
+        if len(keys) != n_structures:
+            raise ValueError(f'need one key per structure, got {len(keys)} keys for {n_structures} structures')
+        species_index = _species_indices(numbers, self.species, self._table)
+        sizes = np.diff(offsets)
+        structure_index = np.repeat(np.arange(n_structures), sizes)
+
+        entries = [self._stored.get(key) for key in keys]
+        usable, images = self._check(entries, positions, cells, pbc, offsets, sizes, structure_index)
+        for row in np.flatnonzero(~usable):
+            start, stop = int(offsets[row]), int(offsets[row + 1])
+            entries[row] = self._build(positions[start:stop], cells[row], pbc[row])
+            if store:
+                self._stored[keys[row]] = entries[row]
+        edges = self._edges(entries, offsets)
+
+        floats = torch.float64
+        position_tensor = torch.as_tensor(positions, dtype=floats, device=self.device)
+        cell_tensor = torch.as_tensor(cells, dtype=floats, device=self.device)
+        edge_i, edge_j, shifts = edges.edge_i, edges.edge_j, edges.shifts
+        wrapped = bool(images.any())
+        if edge_i.numel():
+            # vector of a stored pair now: u_j - u_i + S h with the unwrapped positions u = r - n h
+            unwrapped = position_tensor
+            if wrapped:
+                unwrapped = torch.as_tensor(
+                    positions - np.einsum('ni,nij->nj', images.astype(np.float64), cells[structure_index]),
+                    dtype=floats,
+                    device=self.device,
+                )
+            vectors = unwrapped.index_select(0, edge_j) - unwrapped.index_select(0, edge_i)
+            vectors += self._image_vectors(edges, cells, cell_tensor)
+            inside = torch.nonzero(torch.linalg.vector_norm(vectors, dim=-1) < self.cutoff).squeeze(1)
+            edge_i, edge_j, shifts = (values.index_select(0, inside) for values in (edge_i, edge_j, shifts))
+            if wrapped:  # the pair (i, j, S) in the wrapped frame: (i, j, S - n_j + n_i)
+                image_tensor = torch.as_tensor(images, device=self.device)
+                shifts = shifts - image_tensor.index_select(0, edge_j) + image_tensor.index_select(0, edge_i)
+
+        def ints(array: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(array, dtype=np.int64), device=self.device)
+
+        return Batch(
+            positions=position_tensor.to(self.dtype),
+            species=ints(species_index),
+            cells=cell_tensor.to(self.dtype),
+            pbc=torch.as_tensor(pbc, device=self.device),
+            structure_index=ints(structure_index),
+            edge_i=edge_i,
+            edge_j=edge_j,
+            edge_shifts=shifts,
+            n_atoms=ints(sizes),
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _build(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> _StoredList:
+        """A fresh list with radius cutoff + skin (sorted by centre atom) and its reference geometry."""
+        i, j, shifts = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
+        order = np.argsort(i, kind='stable')
+        self.rebuilds += 1
+        self._generation += 1
+        periodic = bool(pbc.all())
+        return _StoredList(
+            generation=self._generation,
+            n_atoms=len(positions),
+            pbc=pbc.copy(),
+            periodic=periodic,
+            positions=positions.copy(),
+            cell=cell.copy(),
+            fractional=np.linalg.solve(cell.T, positions.T).T if periodic else None,
+            edge_i=torch.as_tensor(i[order], device=self.device),
+            edge_j=torch.as_tensor(j[order], device=self.device),
+            shifts=torch.as_tensor(shifts[order], device=self.device),
+        )
+
+    def _check(
+        self,
+        entries: list[_StoredList | None],
+        positions: np.ndarray,
+        cells: np.ndarray,
+        pbc: np.ndarray,
+        offsets: np.ndarray,
+        sizes: np.ndarray,
+        structure_index: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(B,) whether each stored list is still complete (see the class docstring) and (N, 3) image offsets n."""
+        images = np.zeros(positions.shape, dtype=np.int64)
+        usable = np.array(
+            [
+                entry is not None
+                and entry.n_atoms == sizes[row]
+                and bool((entry.pbc == pbc[row]).all())
+                and (entry.periodic or np.array_equal(entry.cell, cells[row]))
+                for row, entry in enumerate(entries)
+            ],
+            dtype=bool,
+        )
+        if not usable.any():
+            return usable, images
+        reference, reference_cells, follow = self._references(entries, usable, sizes)
+        with np.errstate(all='ignore'):
+            inverse = np.broadcast_to(np.eye(3), cells.shape).copy()  # h⁻¹ where followed, else the identity
+            rows = np.flatnonzero(follow & usable)
+            regular = np.isfinite(cells[rows]).all(axis=(1, 2)) & (np.abs(np.linalg.det(cells[rows])) > 1e-12)
+            usable[rows[~regular]] = False
+            inverse[rows[regular]] = np.linalg.inv(cells[rows[regular]])
+            delta = np.einsum('ni,nij->nj', positions, inverse[structure_index]) - reference  # f - f⁰, or r - R
+            shift = np.where(follow[structure_index][:, None] & np.isfinite(delta), np.rint(delta), 0.0)
+            displacement = np.einsum('ni,nij->nj', delta - shift, reference_cells[structure_index])  # e, Å
+            norms = np.sqrt(np.square(displacement).sum(axis=1))
+            largest = np.zeros(len(entries))
+            filled = sizes > 0
+            if filled.any():
+                largest[filled] = np.maximum.reduceat(norms, offsets[:-1][filled])
+            stretch = np.linalg.norm(inverse @ reference_cells, ord=2, axis=(1, 2))  # ‖F⁻¹‖₂ = ‖h⁻¹ H‖₂
+            bound = 2.0 * largest + self.cutoff * (stretch - 1.0)
+            usable &= np.isfinite(bound) & (bound < self.skin)
+        followed = usable[structure_index]
+        images[followed] = shift[followed].astype(np.int64)
+        return usable, images
+
+    def _references(
+        self, entries: list[_StoredList | None], usable: np.ndarray, sizes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per atom f⁰ (followed) or R, per structure H (identity unless followed), followed structures; cached."""
+        key = tuple(
+            entry.generation if ok else -1 - int(size) for entry, ok, size in zip(entries, usable, sizes, strict=True)
+        )
+        if self._reference_cache is None or self._reference_cache[0] != key:
+            parts, cells, follow = [], np.broadcast_to(np.eye(3), (len(entries), 3, 3)).copy(), []
+            for row, (entry, ok) in enumerate(zip(entries, usable, strict=True)):
+                if not ok:  # placeholder; the structure is rebuilt
+                    parts.append(np.zeros((int(sizes[row]), 3)))
+                    follow.append(False)
+                elif entry.periodic:
+                    parts.append(entry.fractional)
+                    cells[row] = entry.cell
+                    follow.append(True)
+                else:
+                    parts.append(entry.positions)
+                    follow.append(False)
+            reference = np.concatenate(parts) if parts else np.zeros((0, 3))
+            self._reference_cache = (key, reference, cells, np.array(follow, dtype=bool))
+        return self._reference_cache[1:]
+
+    def _edges(self, entries: list[_StoredList], offsets: np.ndarray) -> _Edges:
+        """The stored pairs of all structures with global atom indices (reused while the entries are)."""
+        signature = tuple(entry.generation for entry in entries)
+        if self._edge_cache is not None and self._edge_cache.signature == signature:
+            return self._edge_cache
+        shifts = torch.cat([entry.shifts for entry in entries]).reshape(-1, 3)
+        self._edge_cache = _Edges(
+            signature=signature,
+            edge_i=torch.cat([entry.edge_i + int(offsets[row]) for row, entry in enumerate(entries)]),
+            edge_j=torch.cat([entry.edge_j + int(offsets[row]) for row, entry in enumerate(entries)]),
+            shifts=shifts,
+            float_shifts=shifts.to(torch.float64),
+            counts=[int(entry.edge_i.numel()) for entry in entries],
+        )
+        self._image_cache = None
+        return self._edge_cache
+
+    def _image_vectors(self, edges: _Edges, cells: np.ndarray, cell_tensor: torch.Tensor) -> torch.Tensor:
+        """(E, 3) S h of the stored pairs with the current cells, Å (reused while the cells do not change)."""
+        cached = self._image_cache
+        if cached is not None and cached[0] == edges.signature and np.array_equal(cached[1], cells):
+            return cached[2]
+        if len(edges.counts) == 1:
+            vectors = edges.float_shifts @ cell_tensor[0]
+        else:  # the pairs are grouped by structure
+            parts = torch.split(edges.float_shifts, edges.counts)
+            vectors = torch.cat([part @ cell for part, cell in zip(parts, cell_tensor, strict=True)])
+        self._image_cache = (edges.signature, cells.copy(), vectors)
+        return vectors
+
+
+def _hashable(key: Any) -> Any:
+    """numpy scalars as Python numbers (equal keys hash alike)."""
+    return key.item() if isinstance(key, np.generic) else key

@@ -208,3 +208,157 @@ def test_burn_in_delays_both_adaptive_strengths_in_npt(tiny_committee, copper_ce
     with pytest.raises(ValueError, match='separate AdaptiveStrength'):
         shared = AdaptiveStrength(0.2)
         BiasedPotential(tiny_committee, CommitteeUncertainty(), strength=shared, stress_strength=shared)
+
+
+# ---------------------------------------------------------------------------------------------------------- Verlet skin
+_COMPARED = ('energy', 'energy_bias', 'forces', 'bias_forces', 'stress', 'bias_stress', 'uncertainty', 'tau')
+_COMPARED += ('tau_stress', 'atom_uncertainty', 'member_forces', 'member_energies', 'min_distance')
+
+
+def _skin_walkers(copper_cells) -> list:
+    """The two copper cells plus a 32-atom cell whose atom 0 starts outside the cell (wrapped after one step)."""
+    from ase.build import bulk
+
+    big = bulk('Cu', 'fcc', a=3.63, cubic=True) * (2, 2, 2)
+    big.rattle(0.05, seed=3)
+    big.positions[0] = [-0.02, 0.9, 1.1]
+    return [*copper_cells, big]
+
+
+class _StopWalker:
+    """Stops one walker after a number of checks (the walker set shrinks mid-run)."""
+
+    unphysical = False
+
+    def __init__(self, walker: int, after: int) -> None:
+        self.walker, self.after, self.calls = walker, after, 0
+
+    def check(self, system, result):
+        self.calls += 1
+        fired = (system.walker_ids == self.walker) & (self.calls > self.after)
+        return np.where(fired, 'planted', ''), {}
+
+
+def _runs_with_and_without_skin(tiny_committee, structures, potential_options: dict, criteria=None, **md_options):
+    """Runs with skins 0, 1 and 0.25 Å (the small one rebuilds mid-run) compared; returns the runs and potentials."""
+    from aiida_alkit.exploration.dynamics import BatchedMD
+
+    runs = []
+    for skin in (0.0, 1.0, 0.25):
+        potential = BiasedPotential(tiny_committee, CommitteeUncertainty(), neighbor_skin=skin, **potential_options)
+        md = BatchedMD(
+            potential,
+            [atoms.copy() for atoms in structures],
+            timestep=2.0,
+            temperature=600.0,
+            criteria=[criteria()] if criteria else (),
+            seed=5,
+            **md_options,
+        )
+        runs.append((md.run(), potential))
+    (fresh, fresh_potential), *others = runs
+    assert {potential.neighbor_requests for _, potential in runs} == {fresh_potential.neighbor_requests}
+    assert fresh_potential.neighbor_rebuilds == fresh_potential.neighbor_requests  # skin 0: every evaluation
+    for skinned, skinned_potential in others:
+        _assert_same_run(fresh, fresh_potential, skinned, skinned_potential)
+    return fresh, [potential for _, potential in others]
+
+
+def _assert_same_run(fresh, fresh_potential, skinned, skinned_potential) -> None:
+    assert fresh.stop_reasons == skinned.stop_reasons and fresh.stop_steps == skinned.stop_steps
+    for key, value in fresh.log.items():
+        np.testing.assert_allclose(skinned.log[key], value, rtol=1e-10, atol=1e-10, err_msg=key)
+    for walker, atoms in fresh.final.items():
+        np.testing.assert_allclose(skinned.final[walker].positions, atoms.positions, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(skinned.final[walker].cell[:], atoms.cell[:], rtol=0, atol=1e-10)
+    # forces, stresses and biased quantities at the final frames (the skin potential reuses its lists there)
+    final = WalkerSystem.from_atoms([fresh.final[w] for w in sorted(fresh.final)], walker_ids=sorted(fresh.final))
+    expected = fresh_potential.evaluate(final, update_strength=False)
+    result = skinned_potential.evaluate(final, update_strength=False)
+    for name in _COMPARED:
+        if getattr(expected, name) is None:
+            assert getattr(result, name) is None, name
+        else:
+            np.testing.assert_allclose(getattr(result, name), getattr(expected, name), rtol=1e-10, atol=1e-10)
+
+
+def test_verlet_skin_nvt_md_equals_rebuilding_every_step(tiny_committee, copper_cells):
+    """Biased NVT MD with a 1 Å skin follows the rebuild-every-step trajectory to 1e-10 (float64), with far fewer
+    neighbour-list builds; walker 1 stops at step 12 (the walker set shrinks) and an atom is wrapped at step 1."""
+    fresh, (potential, small) = _runs_with_and_without_skin(
+        tiny_committee,
+        _skin_walkers(copper_cells),
+        {'strength': 0.3},
+        criteria=lambda: _StopWalker(1, 12),
+        n_steps=30,
+    )
+    assert fresh.stop_steps == {0: 30, 1: 12, 2: 30}
+    assert potential.neighbor_skin == 1.0
+    assert potential.neighbor_rebuilds <= potential.neighbor_requests / 5
+    assert 3 < small.neighbor_rebuilds < small.neighbor_requests / 2  # the 0.25 Å skin rebuilt during the run
+
+
+def test_verlet_skin_npt_md_with_monte_carlo_cell_moves(tiny_committee, copper_cells):
+    """The same under NPT: stochastic cell rescaling every step (bias stress on), HAL volume and cell MC moves."""
+    from aiida_alkit.exploration.dynamics import MonteCarlo, StochasticCellRescaling
+
+    fresh, (potential, small) = _runs_with_and_without_skin(
+        tiny_committee,
+        _skin_walkers(copper_cells),
+        {'strength': 0.3, 'stress_strength': 0.2, 'compute_stress': True},
+        n_steps=30,
+        barostat=StochasticCellRescaling(tau=50.0),
+        pressure=0.5,
+        monte_carlo=MonteCarlo(interval=5, n_swap=0, n_volume=1, n_cell=1, max_log_change=0.01),
+    )
+    volumes = fresh.log['volume'][fresh.log['walker'] == 2]
+    assert np.ptp(volumes) > 0.1  # the cells did change
+    assert sum(accepted for accepted, _ in fresh.mc_acceptance.values()) > 0
+    assert potential.neighbor_rebuilds <= potential.neighbor_requests / 5
+    assert 3 < small.neighbor_rebuilds < small.neighbor_requests / 2
+
+
+def test_verlet_skin_keeps_feature_terms_unchanged(copper_cells):
+    """The gradient-feature (seeds/003) and HAL (seeds/002) terms on the generic path, after moving, wrapping and
+    straining the walkers: the same u, bias forces and bias stress whether the lists are reused or rebuilt."""
+    from ase.calculators.emt import EMT
+
+    from aiida_alkit.exploration.terms import GradientFeatureUncertainty, HALUncertainty
+    from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
+    from aiida_alkit.uncertainty.features import compute_features
+    from aiida_alkit.uncertainty.hal import BayesianRidge, build_design_matrix
+
+    model = GMNN(GMNNHyperparameters.small(['Cu'], dtype='float64', hidden_widths=(16, 16), seed=4))
+    training = [atoms.copy() for atoms in copper_cells]
+    for atoms in training:
+        atoms.calc = EMT()
+    features = compute_features(model, training, kind='last_layer')
+    design, targets = build_design_matrix(features.structure, [atoms.get_potential_energy() for atoms in training])
+    ridge = BayesianRidge().fit(design, targets)
+    ridge.sample_committee(4, seed=1)
+    terms = [
+        GradientFeatureUncertainty.from_data(model, training, kind='distance', dim=16, seed=2),
+        HALUncertainty(model, ridge),
+    ]
+    rng = np.random.default_rng(0)
+    for term in terms:
+        options = {'strength': 0.3, 'stress_strength': 0.2, 'compute_stress': True}
+        fresh = BiasedPotential(model, term, neighbor_skin=0.0, **options)
+        skinned = BiasedPotential(model, term, neighbor_skin=1.0, **options)
+        system = WalkerSystem.from_atoms(_skin_walkers(copper_cells))
+        skinned.evaluate(system)
+        system.positions += rng.normal(0.0, 0.08, system.positions.shape)
+        system.cells *= 0.99
+        system.positions *= 0.99
+        system.wrap()
+        expected, result = fresh.evaluate(system), skinned.evaluate(system)
+        assert skinned.neighbor_rebuilds == 3 and skinned.neighbor_requests == 6  # the second call reused all lists
+        for name in _COMPARED:
+            if getattr(expected, name) is not None:
+                np.testing.assert_allclose(getattr(result, name), getattr(expected, name), rtol=1e-10, atol=1e-12)
+        assert np.all(expected.uncertainty > 0) and np.abs(expected.bias_forces).max() > 0
+
+
+def test_negative_neighbor_skin_is_rejected(tiny_committee):
+    with pytest.raises(ValueError, match='skin'):
+        BiasedPotential(tiny_committee, neighbor_skin=-0.5)

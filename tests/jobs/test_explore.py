@@ -93,6 +93,22 @@ def test_stop_parameters_are_validated():
     assert validate_explore_parameters({'bias': {'kind': 'hal'}, 'stop': {'hal': {'s_tol': 0.5}}}) is None
 
 
+def test_neighbor_skin_parameter_is_validated_and_its_rebuilds_reported(job_folder):
+    from aiida_alkit.calculations.explore import validate_explore_parameters as validate
+
+    for bad in (-0.5, 'x', True, float('inf')):
+        assert 'neighbor_skin_A must be a number >= 0' in validate({'neighbor_skin_A': bad})
+    assert validate({'neighbor_skin_A': 0}) is None and validate({'neighbor_skin_A': 1.5}) is None
+    counts = {}
+    for skin in (0.0, 1.0):
+        parameters = {'walkers': 2, 'steps': 6, 'num_threads': 1, 'device': 'cpu', 'features': None}
+        (job_folder / 'parameters.json').write_text(json.dumps({**parameters, 'neighbor_skin_A': skin}))
+        assert explore.main([str(job_folder)]) == 0, (job_folder / 'results.json').read_text()
+        counts[skin] = json.loads((job_folder / 'results.json').read_text())['neighbor_lists']
+    assert counts[0.0]['rebuilt'] == counts[0.0]['needed'] == counts[1.0]['needed'] >= 2 * 7
+    assert counts[1.0]['rebuilt'] < counts[1.0]['needed'] / 2
+
+
 def test_one_calibration_for_stop_and_scores(tmp_path):
     """One validation configuration of 4 atoms: the calibration is finite (atoms pooled, level clipped to 1 and
     recorded), and every candidate's calibrated score equals the calibrated atom uncertainty the walker stop saw."""
