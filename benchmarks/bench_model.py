@@ -12,6 +12,8 @@ Measured in one run:
     configurations and of one energy + forces evaluation of Cu-108, and on CUDA the kernel launches of each
     (``cuda_kernel_launches_per_train_step`` / ``..._md_step``): the same operator count on CPU and GPU, so it can be
     tracked without a GPU;
+  * ``md_verlet_us_per_atom_step``: the same evaluation as MD steps make it, positions moving a little every step
+    and the neighbour list kept within the explore job's 1 Å Verlet skin (``md_verlet_rebuilds``: lists built/needed);
   * ``--production``: also the single Cu-6912 cell (12x12x12 conventional cells), the production MD size.
 Model: ``GMNNHyperparameters(species=['Cu'])`` (cutoff 5 Å, 9 Gaussians, 7 radial functions, d_0 = 910, 512x512,
 float32). Prints one JSON line. Target: ``us_per_atom_step`` <= 100 µs on a 2-core CPU.
@@ -38,7 +40,7 @@ def time_evaluation(model, atoms, repeats: int) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from aiida_alkit.models.batching import batch_from_arrays
+    from aiida_alkit.models.batching import VerletBatcher, batch_from_arrays
 
     def synchronize() -> None:
         if model.device.type == 'cuda':
@@ -78,10 +80,36 @@ def time_evaluation(model, atoms, repeats: int) -> dict[str, float]:
             times.append(time.perf_counter() - start)
         return min(times) / len(atoms) * 1e6
 
+    # as MD steps do it: positions move a little every step (0.01 Å per component, ~ 2 fs at 600 K), the list is
+    # kept within a 1 Å Verlet skin (the explore job's default) and rebuilt when the bound fails
+    verlet = VerletBatcher(model.species, model.cutoff, 1.0, device=model.device, dtype=model.dtype)
+    rng = np.random.default_rng(0)
+    moving = atoms.get_positions().copy()
+
+    def md_step() -> None:
+        moving[:] += rng.normal(0.0, 0.01, moving.shape)
+        out = model(
+            verlet(moving, atoms.numbers, np.asarray(atoms.cell[:])[None], atoms.pbc[None], np.array([0, len(atoms)])),
+            compute_forces=True,
+        )
+        out['forces'].cpu()
+
+    def mean(function, steps: int) -> float:
+        function()  # warm-up (and the first list)
+        synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            function()
+        synchronize()
+        return (time.perf_counter() - start) / steps / len(atoms) * 1e6
+
+    md_steps = max(20, 4 * repeats)
     return {
         'us_per_atom_step': best(step),
         'model_us_per_atom_step': best(model_only),
         'neighbors_us_per_atom_step': best(make_batch),
+        'md_verlet_us_per_atom_step': mean(md_step, md_steps),
+        'md_verlet_rebuilds': f'{verlet.rebuilds}/{verlet.requests}',
         'n_edges': int(batch.edge_i.shape[0]),
     }
 
@@ -174,7 +202,10 @@ def run(quick: bool, device_choice: str = 'all', production: bool = False) -> di
         for repeats in sizes:
             atoms = copper(repeats)
             n_repeats = 3 if quick or len(atoms) > 500 else 5
-            per_size[str(len(atoms))] = {k: round(v, 2) for k, v in time_evaluation(model, atoms, n_repeats).items()}
+            per_size[str(len(atoms))] = {
+                k: round(v, 2) if isinstance(v, float) else v
+                for k, v in time_evaluation(model, atoms, n_repeats).items()
+            }
         report[f'{prefix}per_size'] = per_size
         report[f'{prefix}us_per_atom_step'] = per_size[str(len(copper(sizes[1])))]['us_per_atom_step']
         counts = operator_counts(model, data)

@@ -404,7 +404,7 @@ BEST_DIVERSE_CANDIDATES = ('lcmd_feat', 'maxdet_gp')  # the issue's "best divers
 NAIVE = ('maxdiag_gp', 'qbc_maxdiag')  # criterion (1) only
 
 
-def training_config(settings: Settings, n_train: int, seed: int):
+def training_config(settings: Settings, n_train: int, seed: int, device: str = 'cpu'):
     from aiida_alkit.models.gmnn import PAPER_LEARNING_RATES
     from aiida_alkit.models.training import TrainingConfig
 
@@ -416,10 +416,11 @@ def training_config(settings: Settings, n_train: int, seed: int):
         valid_fraction=0.0,  # the fixed validation set is passed explicitly
         seed=seed,
         num_threads=1,
+        device=device,
     )
 
 
-def condition_graphs(arrays: Any, hyperparameters: Any) -> dict[str, Any]:
+def condition_graphs(arrays: Any, hyperparameters: Any, device: str = 'cpu', dtype: Any = None) -> dict[str, Any]:
     """Test set split by condition, neighbour lists computed once: {condition: GraphDataset}."""
     from aiida_alkit.models.training import GraphDataset
 
@@ -427,7 +428,9 @@ def condition_graphs(arrays: Any, hyperparameters: Any) -> dict[str, Any]:
     labels = arrays.info['condition']
     for name in dict.fromkeys(labels.tolist()):  # first-seen order
         subset = arrays.subset(np.flatnonzero(labels == name))
-        graphs[name] = GraphDataset.from_configurations(subset, hyperparameters.species, hyperparameters.cutoff)
+        graphs[name] = GraphDataset.from_configurations(
+            subset, hyperparameters.species, hyperparameters.cutoff, device, *([dtype] if dtype is not None else [])
+        )
     return graphs
 
 
@@ -481,20 +484,23 @@ def committee_force_disagreement(committee: Any, graph: Any, indices: np.ndarray
     """σ_F^ens of seed 001 eq. 25 for the pool structures ``indices`` (eV/Å):
     sqrt((1/K) Σ_k (1/3N) Σ_j ||F_kj - F̄_j||²), i.e. the root mean over the structure's force components of the
     members' (population) variance."""
-    import torch
 
     values = []
     for chunk in np.array_split(indices, max(1, math.ceil(len(indices) / 64))):
         batch = graph.batch(chunk)
         variance = committee.predict(batch, compute_forces=True)['forces_std'].square().sum(dim=-1)  # (N,)
-        sums = torch.zeros(batch.n_structures, dtype=variance.dtype).index_add_(0, batch.structure_index, variance)
-        values.append((sums / (3 * batch.n_atoms)).sqrt().numpy())
+        sums = variance.new_zeros(batch.n_structures).index_add_(0, batch.structure_index, variance)
+        values.append((sums / (3 * batch.n_atoms)).sqrt().cpu().numpy())
     return np.concatenate(values).astype(np.float64)
 
 
-def run_campaign(task: tuple[str, int, Settings, str]) -> list[dict[str, Any]]:
+def run_campaign(task: tuple[str, int, Settings, str, str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One (method, seed) learning curve: initial random set, then a batch per round until ``max_labels``; a fresh
-    model trained every round. :return: one record per round (trained label count)."""
+    model trained every round. Each round's record is printed as soon as it is done; the rounds of ``done`` (records
+    of an interrupted run, in round order) are not repeated: the campaign goes on from the last one's labelled set.
+
+    :return: one record per round run now (trained label count).
+    """
     import torch
 
     from aiida_alkit.io.arrays import ConfigurationArrays
@@ -505,25 +511,29 @@ def run_campaign(task: tuple[str, int, Settings, str]) -> list[dict[str, Any]]:
     from aiida_alkit.selection.greedy import max_diag
     from aiida_alkit.uncertainty.features import compute_features
 
-    method, seed, settings, folder = task
+    method, seed, settings, folder, device, done = task
     torch.set_num_threads(1)
     started = time.perf_counter()
     sets = {name: ConfigurationArrays.load(pathlib.Path(folder) / f'{name}.npz') for name in ('pool', 'valid', 'test')}
     pool, valid = sets['pool'], sets['valid']
     base = GMNNHyperparameters(species=['Cu'], **dict(settings.model))
-    graphs = condition_graphs(sets['test'], base)
-    pool_graph = GraphDataset.from_configurations(pool, base.species, base.cutoff)
+    dtype = base.torch_dtype
+    graphs = condition_graphs(sets['test'], base, device, dtype)
+    pool_graph = GraphDataset.from_configurations(pool, base.species, base.cutoff, device, dtype)
     conditions_of = pool.info['condition']
     selection_kind, posterior = METHODS[method]
     # the initial set depends on the seed only: every method starts from the same labels at one seed
     labelled = np.random.default_rng(_seed(seed, 3)).choice(len(pool), settings.n_initial, replace=False)
-    random_stream = np.random.default_rng(_seed(seed, 4))
+    if done:  # resume after the last finished round
+        labelled = np.concatenate([done[-1]['train_indices'], done[-1]['picked_indices']]).astype(np.int64)
     records = []
     for round_index, target in enumerate(settings.label_counts()):
-        assert len(labelled) == target
+        if round_index < len(done):
+            continue
+        assert len(labelled) == target, (method, seed, round_index, len(labelled), target)
         train = pool.subset(labelled)
         model_seed = _seed(seed, 5, round_index) % 2**31  # the same initialisation for every method at one seed
-        config = training_config(settings, len(train), model_seed)
+        config = training_config(settings, len(train), model_seed, device)
         hyperparameters = dataclasses.replace(base, seed=model_seed)
         tick, tick_cpu = time.perf_counter(), time.process_time()
         if selection_kind == 'qbc':
@@ -553,13 +563,16 @@ def run_campaign(task: tuple[str, int, Settings, str]) -> list[dict[str, Any]]:
             'best_epoch': best_epochs if len(best_epochs) > 1 else best_epochs[0],
             'train_s': train_s,
             'train_cpu_s': train_cpu_s,
+            'device': str(device),
+            'data_key': settings.data_key(),
+            'train_indices': labelled.tolist(),  # pool indices of the training set (a resumed run goes on from them)
         }
         if round_index + 1 < len(settings.label_counts()):
             size = settings.label_counts()[round_index + 1] - len(labelled)
             remaining = np.setdiff1d(np.arange(len(pool)), labelled)
             tick, tick_cpu = time.perf_counter(), time.process_time()
             if selection_kind == 'random':
-                picks = select('random', size, n_pool=len(remaining), seed=int(random_stream.integers(2**31))).indices
+                picks = select('random', size, n_pool=len(remaining), seed=_seed(seed, 4, round_index) % 2**31).indices
             elif selection_kind == 'qbc':
                 picks = np.asarray(max_diag(committee_force_disagreement(model, pool_graph, remaining), size).indices)
             else:
@@ -574,9 +587,11 @@ def run_campaign(task: tuple[str, int, Settings, str]) -> list[dict[str, Any]]:
             chosen = remaining[np.asarray(picks, dtype=np.int64)]
             record['select_s'], record['select_cpu_s'] = time.perf_counter() - tick, time.process_time() - tick_cpu
             record['selected_per_condition'] = _counts(conditions_of[chosen])
+            record['picked_indices'] = chosen.tolist()
             labelled = np.concatenate([labelled, chosen])
         record['elapsed_s'] = time.perf_counter() - started
         records.append(record)
+        emit(record)  # now: an interrupted run keeps every finished round (--resume)
         log(
             f'[{method} seed {seed}] {record["labels"]} labels: F {record["force_rmse_mev_per_ang"]:.1f} meV/Å '
             f'(worst {record["force_rmse_max_over_conditions_mev_per_ang"]:.1f}, {record["force_worst_condition"]}), '
@@ -876,6 +891,42 @@ def run_jobs(function, tasks: list[Any], jobs: int, on_done, on_error=None) -> N
                 on_done(futures[future], future.result())
 
 
+def resumed_records(
+    path: pathlib.Path | None, settings: Settings, methods: list[str], seeds: list[int]
+) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Finished rounds of an interrupted run, {(method, seed): records in round order}: only rounds that follow on
+    from each other from round 0 (a gap ends a campaign's resumable part). Refuses a file written with other
+    settings (its summary's settings, or its label counts, differ)."""
+    if path is None:
+        return {}
+    counts = settings.label_counts()
+    groups: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.startswith('{'):
+            continue
+        record = json.loads(line)
+        if record.get('summary'):
+            if record.get('settings', {}).get('label_counts', counts) != counts:
+                raise SystemExit(f'{path}:{number}: written with other settings; cannot resume from it')
+            continue
+        if record.get('benchmark') != 'pool_selection' or 'train_indices' not in record:
+            continue
+        if record['method'] not in methods or record['seed'] not in seeds:
+            continue
+        if record.get('data_key') != settings.data_key():
+            raise SystemExit(f'{path}:{number}: written with other data (data_key); cannot resume from it')
+        if record['round'] >= len(counts) or record['labels'] != counts[record['round']]:
+            raise SystemExit(f'{path}:{number}: label counts differ from these settings; cannot resume from it')
+        groups.setdefault((record['method'], record['seed']), {})[record['round']] = record
+    previous = {}
+    for key, by_round in groups.items():
+        chain = []
+        while len(chain) in by_round and (len(chain) == len(counts) - 1 or 'picked_indices' in by_round[len(chain)]):
+            chain.append(by_round[len(chain)])
+        previous[key] = chain
+    return previous
+
+
 def emit(record: dict[str, Any]) -> None:
     print(json.dumps(rounded(record)), flush=True)
 
@@ -908,6 +959,14 @@ def main(argv: list[str] | None = None) -> None:
         help='epochs per training for every method (default: the settings check\'s choice, see the docstring)',
     )  # fmt: skip
     parser.add_argument('--cache', default=str(DEFAULT_CACHE), help="folder of the generated data ('none': no cache)")
+    parser.add_argument(
+        '--resume',
+        type=pathlib.Path,
+        default=None,
+        help='JSON lines of an interrupted run with the same settings: its finished rounds are kept, the campaigns go '
+        'on from there (append the new output to the same file: --resume F >> F)',
+    )
+    parser.add_argument('--device', default='cpu', help="where the models train and predict ('cpu', 'cuda')")
     parser.add_argument(
         '--convergence-check', action='store_true',
         help='instead of the campaigns: train on random pool frames with increasing optimiser steps (settings check)',
@@ -954,18 +1013,25 @@ def main(argv: list[str] | None = None) -> None:
 
         # seed by seed, so that an interrupted run still compares every method on its first seeds; within a seed the
         # committee (4 models per round) starts first so that parallel jobs finish together
-        tasks = [(method, seed, settings, str(folder)) for seed in seeds for method in methods]
+        previous = resumed_records(args.resume, settings, methods, seeds)
+        finished = len(settings.label_counts())
+        tasks = [
+            (method, seed, settings, str(folder), args.device, previous.get((method, seed), []))
+            for seed in seeds
+            for method in methods
+            if len(previous.get((method, seed), [])) < finished
+        ]
         tasks.sort(key=lambda task: (seeds.index(task[1]), task[0] != 'qbc_maxdiag'))
-        records = []
+        records = [record for group in previous.values() for record in group]
+        if args.resume is not None:
+            log(f'[resume] {len(records)} finished rounds from {args.resume}; {len(tasks)} campaigns to go on')
 
-        def done(task: tuple[str, int, Settings, str], result: list[dict[str, Any]]) -> None:
-            for record in result:
-                emit(record)
-            records.extend(result)
+        def done(task: tuple[str, int, Settings, str, str, list[dict[str, Any]]], result: list[dict[str, Any]]) -> None:
+            records.extend(result)  # each round was printed by the campaign itself
 
         failures: dict[str, str] = {}
 
-        def error(task: tuple[str, int, Settings, str], exception: Exception) -> None:
+        def error(task: tuple[str, int, Settings, str, str, list[dict[str, Any]]], exception: Exception) -> None:
             failures[f'{task[0]} seed {task[1]}'] = f'{type(exception).__name__}: {exception}'
             log(f'[{task[0]} seed {task[1]}] FAILED: {type(exception).__name__}: {exception}')
 
@@ -990,6 +1056,8 @@ def main(argv: list[str] | None = None) -> None:
             'campaigns_s': campaigns_s,
             'wall_s': time.perf_counter() - started,
             'jobs': args.jobs,
+            'device': args.device,
+            'resumed_rounds': sum(len(group) for group in previous.values()),
             'plot': str(args.plot),
             'command': _command(argv),
             'machine': f'{platform.machine()}, {os.cpu_count()} CPUs, torch threads 1 per job',

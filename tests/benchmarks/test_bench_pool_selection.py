@@ -82,3 +82,27 @@ def test_quick_mode_runs_every_method(tmp_path):
     assert set(final) == {'labels', *METHODS} - {'random'}
     assert all(_positive(value) for method in METHODS[1:] for value in final[method].values())
     assert plot.stat().st_size > 0
+
+    # an interrupted run goes on from its finished rounds: keep every campaign but one, and that one's first round
+    cut = [r for r in records if r['method'] != 'maxdet_gp' or r['round'] == 0]
+    partial = tmp_path / 'partial.jsonl'
+    partial.write_text(''.join(json.dumps(record) + '\n' for record in cut))
+    resumed = subprocess.run(
+        [sys.executable, str(SCRIPT), '--quick', '--cache', str(tmp_path / 'cache'), '--plot', str(plot),
+         '--resume', str(partial)],
+        capture_output=True, text=True, timeout=1200, check=False,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    new = [json.loads(line) for line in resumed.stdout.splitlines() if line.startswith('{')]
+    again = [line for line in new if not line.get('summary')]
+    assert {(r['method'], r['round']) for r in again} == {('maxdet_gp', k) for k in range(1, len(counts))}
+    original = {r['round']: r for r in records if r['method'] == 'maxdet_gp'}
+    for record in again:  # the same labels and (single-threaded CPU training) the same errors as the full run
+        before = original[record['round']]
+        assert record['train_indices'] == before['train_indices']
+        assert record['force_rmse_mev_per_ang'] == pytest.approx(before['force_rmse_mev_per_ang'], rel=1e-3)
+    second = next(line for line in new if line.get('summary'))
+    assert second['resumed_rounds'] == len(cut)
+    for method, labels in summary['labels_to_target'].items():
+        assert (second['labels_to_target'][method] is None) == (labels is None), method
+        assert labels is None or second['labels_to_target'][method] == pytest.approx(labels, rel=1e-3)

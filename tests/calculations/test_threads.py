@@ -62,8 +62,13 @@ def _parameters_file(code, dataset, resources: dict | None) -> dict:
     ],
 )
 def test_the_calcjob_writes_the_granted_cores(
-    alkit_python_code, training_set, resources, granted, tmp_path, monkeypatch
-):  # noqa: F811
+    alkit_python_code,
+    training_set,  # noqa: F811
+    resources,
+    granted,
+    tmp_path,
+    monkeypatch,
+):
     monkeypatch.chdir(tmp_path)  # a dry run writes its folder under the working directory
     parameters = _parameters_file(alkit_python_code, training_set, resources)
     assert parameters[GRANTED_CORES_KEY] == granted
