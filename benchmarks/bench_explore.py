@@ -137,6 +137,7 @@ def main() -> None:
             report[f'{device}_us_per_atom_step'] = round(1e6 * wall / max(1, walker_steps * 4 * repeat**3), 3)
             report[f'{device}_candidates'] = len(pool)
             report[f'{device}_neighbor_lists'] = results.get('neighbor_lists')
+            report[f'{device}_timings_s'] = results.get('timings_s')  # load, calibration, md, scores
             report[f'{device}_stop_reasons'] = sorted({entry.get('reason') for entry in stops.values()})
             report[f'{device}_mean_max_atom_force_unc'] = float(np.mean(pool.info['max_atom_force_unc']))
     if 'cpu_job_s' in report and 'cuda_job_s' in report:

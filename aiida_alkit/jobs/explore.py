@@ -44,13 +44,15 @@ arrays for the select step: ``pool_features``/``train_features`` (gradient featu
 validation configuration; the same calibration as the walker stop, its record in ``results.json`` under
 ``calibration``), ``max_force_deviation`` (committee, eV/Å), ``kpu`` (RLEKF), ``hal_stop`` and ``relative_force_uncertainty``
 (with ``stop.hal``: whether a candidate is a walker's HAL stop frame, its max relative force uncertainty f_i, and
-its ``walker``)), ``stops.json`` (why and when each walker stopped) and ``results.json``.
+its ``walker``)), ``stops.json`` (why and when each walker stopped) and ``results.json`` (with ``timings_s``: wall
+seconds of the stages ``load``, ``calibration``, ``md`` and ``scores``).
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +128,7 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     from aiida_alkit.exploration.pool import CandidatePool
     from aiida_alkit.jobs.train import _device
 
+    timer = _StageTimer()
     threads = configure_threads(parameters)
     if threads is not None:
         progress(f'torch threads: {threads}')
@@ -145,8 +148,10 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     strength, stress_strength = _bias_strengths(bias)
     pressure = parameters.get('pressure_GPa')
     stop = dict(parameters.get('stop') or {})
+    timer.lap('load')
     calibration = _atom_calibration(members, kind, bias, stop, train, parameters)
     criteria, term = _stop_criteria(stop, kind, bias, members, train, calibration)
+    timer.lap('calibration')
     potential = BiasedPotential(
         model if len(members) > 1 else members[0],
         term=term,
@@ -184,6 +189,7 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
         seed=int(parameters.get('seed', 0)),
     )
     result = md.run()
+    timer.lap('md')
     stops = {
         str(w): {'reason': r, 'step': result.stop_steps.get(w, -1)} for w, r in sorted(result.stop_reasons.items())
     }
@@ -197,6 +203,7 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     arrays.save(folder / POOL_FILE)
     scores = _scores(model, members, arrays, train, parameters, folder, calibration)
     np.savez(folder / SCORES_FILE, **scores)
+    timer.lap('scores')
     progress(f'{len(arrays)} candidates; walker stops: {reasons}')
     results = {'status': 'ok', 'n_candidates': len(arrays), 'n_steps': int(result.n_steps), 'stop_counts': reasons}
     if calibration is not None:
@@ -204,7 +211,26 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     if md.monte_carlo is not None:
         results['mc_acceptance'] = result.mc_acceptance  # move kind -> [accepted, attempted]
     results['neighbor_lists'] = {'rebuilt': potential.neighbor_rebuilds, 'needed': potential.neighbor_requests}
+    results['timings_s'] = timer.laps  # load, calibration, md, scores (pool features and uncertainties), seconds
     return results
+
+
+class _StageTimer:
+    """Wall seconds of the job's stages (``laps``: stage name -> s), the device synchronised at each lap so that
+    asynchronous GPU work is charged to the stage that queued it."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def _bias_strengths(bias: dict[str, Any]) -> tuple[Any, Any]:

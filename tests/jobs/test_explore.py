@@ -104,7 +104,10 @@ def test_neighbor_skin_parameter_is_validated_and_its_rebuilds_reported(job_fold
         parameters = {'walkers': 2, 'steps': 6, 'num_threads': 1, 'device': 'cpu', 'features': None}
         (job_folder / 'parameters.json').write_text(json.dumps({**parameters, 'neighbor_skin_A': skin}))
         assert explore.main([str(job_folder)]) == 0, (job_folder / 'results.json').read_text()
-        counts[skin] = json.loads((job_folder / 'results.json').read_text())['neighbor_lists']
+        results = json.loads((job_folder / 'results.json').read_text())
+        counts[skin] = results['neighbor_lists']
+        assert set(results['timings_s']) == {'load', 'calibration', 'md', 'scores'}  # stage wall times, s
+        assert all(value >= 0 for value in results['timings_s'].values()) and results['timings_s']['md'] > 0
     assert counts[0.0]['rebuilt'] == counts[0.0]['needed'] == counts[1.0]['needed'] >= 2 * 7
     assert counts[1.0]['rebuilt'] < counts[1.0]['needed'] / 2
 
