@@ -1011,8 +1011,8 @@ def main(argv: list[str] | None = None) -> None:
             emit(out)
             return
 
-        # seed by seed, so that an interrupted run still compares every method on its first seeds; within a seed the
-        # committee (4 models per round) starts first so that parallel jobs finish together
+        # the committees (4 models per round, the longest campaigns) first, then seed by seed: parallel jobs finish
+        # together, and a stopped run keeps every finished round anyway (--resume)
         previous = resumed_records(args.resume, settings, methods, seeds)
         finished = len(settings.label_counts())
         tasks = [
@@ -1021,7 +1021,7 @@ def main(argv: list[str] | None = None) -> None:
             for method in methods
             if len(previous.get((method, seed), [])) < finished
         ]
-        tasks.sort(key=lambda task: (seeds.index(task[1]), task[0] != 'qbc_maxdiag'))
+        tasks.sort(key=lambda task: (task[0] != 'qbc_maxdiag', seeds.index(task[1])))
         records = [record for group in previous.values() for record in group]
         if args.resume is not None:
             log(f'[resume] {len(records)} finished rounds from {args.resume}; {len(tasks)} campaigns to go on')
