@@ -1,4 +1,5 @@
-"""Calcfunctions of a campaign round: select candidates (science in ``selection``), merge labels into the training set."""
+"""Calcfunctions of a campaign: select candidates (science in ``selection``), merge labels into the training set, and
+the campaign report computed from what each round produced."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from aiida.engine import calcfunction
 from aiida_alkit.data.dataset import DatasetData
 from aiida_alkit.io.arrays import ConfigurationArrays
 
-__all__ = ['SELECT_PARAMETERS', 'TRAINING_INFO_KEYS', 'assign_validation', 'merge_datasets', 'select_candidates']
+__all__ = [
+    'SELECT_PARAMETERS',
+    'TRAINING_INFO_KEYS',
+    'assign_validation',
+    'campaign_report',
+    'merge_datasets',
+    'select_candidates',
+]
 
 #: Per-configuration metadata of a training set: 'split' ('train' or 'valid'), 'round' (the campaign round that
 #: added it, 0 for the initial data) and 'origin' (uuid of the StructureData that was labelled, '' if none).
@@ -147,3 +155,17 @@ def select_candidates(pool: DatasetData, scores: orm.ArrayData, parameters: orm.
         structure.base.attributes.set('alkit_score', float(result.scores[index]))
         outputs[f'pick_{rank:04d}'] = structure
     return outputs
+
+
+@calcfunction
+def campaign_report(stop_reason: orm.Str, **sources: orm.Data) -> orm.Dict:
+    """The campaign's ``report``: one row per round computed from the nodes that round produced, and why it stopped.
+
+    ``sources`` are ``round_<k>_<what>`` → node (:data:`~aiida_alkit.workflows.provenance.REPORT_SOURCES`), so the
+    graph shows what every row was computed from; the rows are
+    :func:`~aiida_alkit.workflows.provenance.report_rows`, the same that ``campaign_rounds`` rebuilds for a campaign
+    still running.
+    """
+    from aiida_alkit.workflows.provenance import report_rows
+
+    return orm.Dict({'rounds': report_rows(dict(sources)), 'stop_reason': stop_reason.value})

@@ -81,21 +81,23 @@ def _load_campaign(identifier: str):
 def campaign_rows(node, source: str = 'auto') -> tuple[list[dict[str, Any]], str]:
     """The per-round rows of a campaign and where they came from (``'report'`` or ``'graph'``).
 
-    ``source='auto'`` reads the ``report`` output when there is one, else the called processes. Rows from the report
-    gain ``trained_on`` (size of the set the round's potential was trained on) from the graph.
+    ``source='auto'`` reads the ``report`` output when there is one, else rebuilds the rows from the called processes.
+    Rows of a report written before reports carried ``trained_on`` (size of the set the round's potential was trained
+    on) get it from the graph.
     """
     from aiida_alkit.workflows.provenance import campaign_rounds
 
-    graph = campaign_rounds(node)
     if source == 'graph' or (source == 'auto' and 'report' not in node.outputs):
-        return graph, 'graph'
+        return campaign_rounds(node, rebuild=True), 'graph'
     if 'report' not in node.outputs:
         raise click.ClickException(f'campaign <{node.pk}> has no report output yet; use --source graph')
-    trained_on = {row['round']: row['trained_on'] for row in graph if 'trained_on' in row}
     rows = [dict(row) for row in node.outputs.report.get_dict().get('rounds', [])]
-    for row in rows:
-        if row.get('round') in trained_on:
-            row['trained_on'] = trained_on[row['round']]
+    if any('trained_on' not in row for row in rows):
+        graph = campaign_rounds(node, rebuild=True)
+        trained_on = {row['round']: row['trained_on'] for row in graph if 'trained_on' in row}
+        for row in rows:
+            if 'trained_on' not in row and row.get('round') in trained_on:
+                row['trained_on'] = trained_on[row['round']]
     return rows, 'report'
 
 

@@ -39,14 +39,14 @@ from aiida.common import AttributeDict
 from aiida.engine import ExitCode, ToContext, WorkChain, if_, while_
 
 from aiida_alkit.calculations.explore import validate_explore_parameters
-from aiida_alkit.calculations.functions import merge_datasets, select_candidates
+from aiida_alkit.calculations.functions import campaign_report, merge_datasets, select_candidates
 from aiida_alkit.calculations.train import validate_train_parameters
 from aiida_alkit.data.dataset import DatasetData
 from aiida_alkit.data.potential import PotentialData, PotentialFileError
 from aiida_alkit.io.arrays import MIN_INTERATOMIC_DISTANCE
 from aiida_alkit.selection.api import METHODS
 from aiida_alkit.workflows.explore import ExploreWorkChain
-from aiida_alkit.workflows.label import LabelWorkChain, failure_reason
+from aiida_alkit.workflows.label import LabelWorkChain, failure_reason, failure_record
 from aiida_alkit.workflows.labelling import deep_merge
 from aiida_alkit.workflows.train import TrainWorkChain
 
@@ -581,7 +581,8 @@ class ActiveLearningWorkChain(WorkChain):
     # ------------------------------------------------------------------ steps
     def setup(self):
         self.ctx.round = 0
-        self.ctx.rounds = []
+        self.ctx.report_sources = {}  # round_<k>_<what> -> node: what the report is computed from
+        self.ctx.stage_converged_rounds = []  # rounds that finished an exploration stage (a campaign decision)
         self.ctx.n_labelled = 0
         self.ctx.converged = False
         self.ctx.stop_reason = ''
@@ -636,6 +637,7 @@ class ActiveLearningWorkChain(WorkChain):
             else self.ctx.dataset
         )
         self.ctx.dataset = dataset
+        self._source('trained_on', dataset)
         parameters = self.inputs.train.parameters.get_dict()
         training = dict(parameters.get('training') or {})
         training.setdefault('seed', self.inputs.seed.value + self.ctx.round)
@@ -670,6 +672,7 @@ class ActiveLearningWorkChain(WorkChain):
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_TRAINING_FAILED.format(round=self.ctx.round, message=node.exit_message)
         self.ctx.potential = node.outputs.potential
+        self._source('potential', self.ctx.potential)
         self.ctx.current['metrics'] = dict(self.ctx.potential.metrics)
         if 'test_forces_rmse_ev_per_ang' in self.ctx.current['metrics']:
             self.ctx.current['test_forces_rmse'] = self.ctx.current['metrics']['test_forces_rmse_ev_per_ang']
@@ -720,6 +723,9 @@ class ActiveLearningWorkChain(WorkChain):
             return self.exit_codes.ERROR_EXPLORATION_FAILED.format(round=self.ctx.round, message=node.exit_message)
         self.ctx.pool = node.outputs.pool
         self.ctx.scores = node.outputs.scores
+        self._source('explore_parameters', node.inputs.explore.parameters)
+        self._source('pool', self.ctx.pool)
+        self._source('stops', node.outputs.stops)
         self.ctx.current['explored'] = len(self.ctx.pool)
         self.ctx.current['walker_stops'] = dict(node.outputs.stops.get_dict().get('counts', {}))
         parameters = self.inputs.select.parameters.get_dict()
@@ -747,6 +753,7 @@ class ActiveLearningWorkChain(WorkChain):
             orm.Int(self.inputs.seed.value * 1000 + self.ctx.round),
         )
         selection = outputs['selection']
+        self._source('selection', selection)
         self.ctx.picks = {key: value for key, value in outputs.items() if key.startswith('pick_')}
         counts = {key: selection.base.attributes.get(key) for key in ('n_accurate', 'n_candidate', 'n_failed')}
         self.ctx.current.update(counts)
@@ -763,6 +770,7 @@ class ActiveLearningWorkChain(WorkChain):
             # DP-GEN's stages: this exploration condition is learnt, move on to the next scheduled one unlabelled
             self.ctx.stage_done = True
             self.ctx.current['stage_converged'] = True
+            self.ctx.stage_converged_rounds.append(self.ctx.round)
             self.report(
                 f'round {self.ctx.round}: {accurate:.0%} accurate, {len(self.ctx.picks)} picks at this stage; '
                 'moving on to the next scheduled exploration without labelling'
@@ -799,17 +807,20 @@ class ActiveLearningWorkChain(WorkChain):
     def inspect_label(self):
         node = self.ctx.label
         if 'failures' in node.outputs:
-            failures = node.outputs.failures.get_dict()
+            record = node.outputs.failures
         else:  # the label work chain itself was killed or excepted: none of the picks was labelled
             reason = failure_reason(node)
-            failures = {key: reason for key in self.ctx.picks}
-            self.report(f'round {self.ctx.round}: {reason}; its {len(failures)} picks count as failed labels')
+            record = failure_record(orm.Str(reason), **self.ctx.picks)
+            self.report(f'round {self.ctx.round}: {reason}; its {len(self.ctx.picks)} picks count as failed labels')
+        failures = record.get_dict()
+        self._source('failures', record)
+        if 'labelled' in node.outputs:
+            self._source('labelled', node.outputs.labelled)
         total = len(self.ctx.picks)
         labelled = len(node.outputs.labelled) if 'labelled' in node.outputs else 0
         self.ctx.current.update({'labelled': labelled, 'failed_labels': len(failures)})
         self.ctx.n_labelled += labelled
         if total and len(failures) / total > self.inputs.max_failed_fraction.value:
-            self.ctx.rounds.append(self.ctx.current)
             return self.exit_codes.ERROR_TOO_MANY_FAILED_LABELS.format(
                 round=self.ctx.round, failed=len(failures), total=total
             )
@@ -826,10 +837,16 @@ class ActiveLearningWorkChain(WorkChain):
             self.ctx.stop_reason = f'label budget of {self.inputs.label_budget.value} spent'
         return None
 
+    def _source(self, what: str, node: orm.Data) -> None:
+        """Keep ``node`` as one of the nodes this round's report row is computed from (``campaign_report``)."""
+        from aiida_alkit.workflows.provenance import report_source
+
+        self.ctx.report_sources[report_source(self.ctx.round, what)] = node
+
     def finish_round(self):
         current = self.ctx.current
         current['dataset_size'] = len(self.ctx.dataset)
-        self.ctx.rounds.append(current)
+        self._source('dataset', self.ctx.dataset)
         self.report(
             f'round {current["round"]} done: explored {current.get("explored", 0)}, selected '
             f'{current.get("selected", 0)}, labelled {current.get("labelled", 0)}, failed '
@@ -842,8 +859,13 @@ class ActiveLearningWorkChain(WorkChain):
         self.report(f'campaign finished after {self.ctx.round} rounds: {self.ctx.stop_reason}')
         self.out('potential', self.ctx.potential)
         self.out('dataset', self.ctx.dataset)
-        report = orm.Dict({'rounds': self.ctx.rounds, 'stop_reason': self.ctx.stop_reason}).store()
-        self.out('report', report)
+        # built by a calcfunction from the nodes of every round, so the graph shows what the report was computed from
+        from aiida_alkit.workflows.provenance import report_source
+
+        sources = dict(self.ctx.report_sources)
+        for number in self.ctx.stage_converged_rounds:
+            sources[report_source(number, 'stage_converged')] = orm.Bool(True)
+        self.out('report', campaign_report(orm.Str(self.ctx.stop_reason), **sources))
 
 
 def _wrap_label_inputs(label: Mapping[str, Any]) -> dict:

@@ -20,7 +20,7 @@ from aiida_alkit.io.arrays import ConfigurationArrays
 from aiida_alkit.jobs.label import DEFAULT_MAX_FORCE
 from aiida_alkit.profile import PSEUDO_FAMILY
 
-__all__ = ['LabelWorkChain', 'failure_reason', 'gather_labels', 'pack_structures']
+__all__ = ['LabelWorkChain', 'failure_reason', 'failure_record', 'gather_labels', 'pack_structures']
 
 ENGINES = ('pw', 'ase')
 
@@ -34,6 +34,13 @@ def failure_reason(node: orm.ProcessNode) -> str:
         lines = (node.exception or '').strip().splitlines()
         return f'{name} excepted: {lines[-1] if lines else "no exception recorded"}'
     return f'{name} failed with exit status {node.exit_status}: {node.exit_message}'
+
+
+@calcfunction
+def failure_record(reason: orm.Str, **structures: orm.StructureData) -> orm.Dict:
+    """The failure record of structures none of which was labelled: ``{keyword: reason}`` for every structure (its
+    inputs show which structures failed)."""
+    return orm.Dict(dict.fromkeys(structures, reason.value))
 
 
 @calcfunction
@@ -266,8 +273,8 @@ class LabelWorkChain(WorkChain):
         else:
             reason = failure_reason(node)
             self.report(f'{len(self.inputs.structures)} failed labels: {reason}')
-            # the job produced nothing to derive the record from: the work chain writes it (returned, not created)
-            self.ctx.failures = orm.Dict({key: reason for key in self.inputs.structures}).store()
+            # the job produced nothing to derive the record from: built from the structures and the reason
+            self.ctx.failures = failure_record(orm.Str(reason), **self.inputs.structures)
         self.ctx.labelled = node.outputs.labelled if 'labelled' in node.outputs else None
 
     # ------------------------------------------------------------------ results

@@ -14,8 +14,10 @@ The helpers below follow those links from a node (``node.base.links`` and :class
 * :func:`selection_record` — score, rank, pool index, method and round of a picked (or initial) structure;
 * :func:`failed_labels` — every failed label of a campaign with its round, pick name and reason;
 * :func:`round_of` — the round of a campaign that produced a structure;
-* :func:`campaign_rounds` — the per-round counts of the campaign's ``report``, rebuilt from the called processes
-  (so that a running campaign can be inspected too).
+* :func:`campaign_rounds` — the per-round rows of the campaign's ``report``: the report itself once the campaign
+  has one, else rebuilt from the called processes (so that a running campaign can be inspected too);
+* :func:`report_rows` — those rows computed from the nodes each round produced (what the ``campaign_report``
+  calcfunction and :func:`campaign_rounds` share).
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ from aiida import orm
 from aiida.common.links import LinkType
 
 __all__ = [
+    'REPORT_SOURCES',
     'called_processes',
     'campaign_rounds',
     'failed_labels',
     'labels_of_potential',
+    'report_rows',
+    'report_source',
     'round_from_link_label',
     'round_of',
     'selection_record',
@@ -39,6 +44,74 @@ __all__ = [
 _ROUND_LABEL = re.compile(r'^(?:train|explore|label)_round_(\d+)$')
 _CALL_LINKS = (LinkType.CALL_CALC, LinkType.CALL_WORK)
 _STRUCTURES_PREFIX = 'structures__'
+#: What a report row is computed from, per round: the training set and the potential of ``train_round_k``, the
+#: explore parameters, pool and stop record of ``explore_round_k``, the ``selection`` of ``select_candidates``,
+#: whether the round finished an exploration stage (the campaign's decision, a Bool), the labelled set and the
+#: failure record of ``label_round_k`` and the training set at the end of the round.
+REPORT_SOURCES = (
+    'trained_on', 'potential', 'explore_parameters', 'pool', 'stops', 'selection', 'stage_converged', 'labelled',
+    'failures', 'dataset',
+)  # fmt: skip
+_SOURCE_KEY = re.compile(r'^round_(\d+)_(' + '|'.join(REPORT_SOURCES) + r')$')
+
+
+def report_source(round_number: int, what: str) -> str:
+    """Keyword of a report source: ``round_<k>_<what>`` (``what`` in :data:`REPORT_SOURCES`)."""
+    if what not in REPORT_SOURCES:
+        raise ValueError(f'unknown report source {what!r}; choose from {REPORT_SOURCES}')
+    return f'round_{round_number}_{what}'
+
+
+def report_rows(sources: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a campaign report, one per round, from the nodes each round produced.
+
+    :param sources: ``round_<k>_<what>`` → node (see :data:`REPORT_SOURCES`); a missing source leaves its keys out
+        of the row (the step has not run or failed). ``failures`` may also be a plain number of failed labels.
+    :return: rows with ``round``, ``trained_on``, ``metrics``, ``test_forces_rmse``, ``temperature_K``,
+        ``pressure_GPa``, ``steps``, ``walkers``, ``explored``, ``walker_stops``, ``n_accurate``, ``n_candidate``,
+        ``n_failed``, ``selected``, ``accurate_fraction``, ``stage_converged``, ``labelled``, ``failed_labels`` and
+        ``dataset_size``, as far as their sources exist.
+    """
+    by_round: dict[int, dict[str, Any]] = {}
+    for key, node in sources.items():
+        match = _SOURCE_KEY.match(key)
+        if match is None:
+            raise ValueError(f'not a report source: {key!r}')
+        by_round.setdefault(int(match.group(1)), {})[match.group(2)] = node
+    rows = []
+    for number in sorted(by_round):
+        found = by_round[number]
+        row: dict[str, Any] = {'round': number}
+        if 'trained_on' in found:
+            row['trained_on'] = len(found['trained_on'])
+        if 'potential' in found:
+            row['metrics'] = dict(found['potential'].metrics)
+            if 'test_forces_rmse_ev_per_ang' in row['metrics']:
+                row['test_forces_rmse'] = row['metrics']['test_forces_rmse_ev_per_ang']
+        if 'explore_parameters' in found:
+            parameters = found['explore_parameters'].get_dict()
+            for key in ('temperature_K', 'pressure_GPa', 'steps', 'walkers'):
+                row[key] = parameters.get(key)
+        if 'pool' in found:
+            row['explored'] = len(found['pool'])
+        if 'stops' in found:
+            row['walker_stops'] = dict(found['stops'].get_dict().get('counts', {}))
+        if 'selection' in found:
+            attributes = found['selection'].base.attributes
+            for key in ('n_accurate', 'n_candidate', 'n_failed'):
+                row[key] = attributes.get(key, None)
+            row['selected'] = attributes.get('n_selected', None)
+            row['accurate_fraction'] = (row['n_accurate'] or 0) / max(1, row.get('explored', 0))
+        if 'stage_converged' in found:
+            row['stage_converged'] = bool(found['stage_converged'].value)
+        if 'failures' in found:
+            failures = found['failures']
+            row['labelled'] = len(found['labelled']) if 'labelled' in found else 0
+            row['failed_labels'] = len(failures.get_dict()) if isinstance(failures, orm.Dict) else int(failures)
+        if 'dataset' in found:
+            row['dataset_size'] = len(found['dataset'])
+        rows.append(row)
+    return rows
 
 
 def round_from_link_label(label: str) -> int | None:
@@ -295,92 +368,81 @@ def failed_labels(campaign: orm.ProcessNode) -> list[dict[str, Any]]:
     return sorted(records, key=lambda item: (item['round'] if item['round'] is not None else -1, item['pick']))
 
 
-def _merged_sizes(campaign: orm.ProcessNode) -> dict[int, int]:
-    """Training-set size after each ``merge_datasets`` call, by its ``round_index``."""
-    sizes = {}
+def _merged_datasets(campaign: orm.ProcessNode) -> dict[int, orm.Data]:
+    """Training set after each ``merge_datasets`` call, by its ``round_index``."""
+    merged = {}
     for _, node in called_processes(campaign, process_label='merge_datasets'):
         result = _output(node, 'result')
         round_index = _input(node, 'round_index')
         if result is not None and round_index is not None:
-            sizes[int(round_index.value)] = len(result)
-    return sizes
+            merged[int(round_index.value)] = result
+    return merged
 
 
-def campaign_rounds(campaign: orm.ProcessNode) -> list[dict[str, Any]]:
-    """The rows of the campaign's ``report`` output rebuilt from the processes it called, one per round started.
+def campaign_rounds(campaign: orm.ProcessNode, rebuild: bool = False) -> list[dict[str, Any]]:
+    """The rows of the campaign's ``report``, one per round started (see :func:`report_rows` for the keys).
 
-    Keys as in the report (``round``, ``temperature_K``, ``pressure_GPa``, ``steps``, ``walkers``, ``explored``,
-    ``walker_stops``, ``n_accurate``, ``n_candidate``, ``n_failed``, ``accurate_fraction``, ``selected``,
-    ``labelled``, ``failed_labels``, ``dataset_size``, ``metrics``, ``test_forces_rmse``); a key is missing while
-    the step that produces it has not finished. Extra key ``trained_on``: the size of the training set of the round's
-    potential. Works on a running campaign.
+    A finished campaign's ``report`` (built by the ``campaign_report`` calcfunction) is read as it is; otherwise, or
+    with ``rebuild``, the same rows are computed from the processes the campaign called so far (a running campaign,
+    or one whose report predates that calcfunction): a key is missing while the step that produces it has not
+    finished, and ``stage_converged``, a decision of the running campaign, is only in the report.
     """
-    rows: dict[int, dict[str, Any]] = {}
+    report = _output(campaign, 'report')
+    built = report is not None and report.creator is not None and report.creator.process_label == 'campaign_report'
+    if built and not rebuild:
+        return [dict(row) for row in report.get_dict()['rounds']]
+    sources: dict[str, Any] = {}
+    numbers: set[int] = set()
 
-    def row(number: int) -> dict[str, Any]:
-        return rows.setdefault(number, {'round': number})
+    def add(number: int, what: str, node: Any) -> None:
+        if node is not None:
+            sources[report_source(number, what)] = node
 
     for link_label, node in called_processes(campaign, link_label_filter='%_round_%'):
         number = round_from_link_label(link_label)
         if number is None:
             continue
-        current = row(number)
+        numbers.add(number)
         if link_label.startswith('train_'):
-            dataset = _input(node, 'train__dataset')
-            if dataset is not None:
-                current['trained_on'] = len(dataset)
-            potential = _output(node, 'potential')
-            if potential is not None and node.is_finished_ok:
-                current['metrics'] = dict(potential.metrics)
-                if 'test_forces_rmse_ev_per_ang' in current['metrics']:
-                    current['test_forces_rmse'] = current['metrics']['test_forces_rmse_ev_per_ang']
+            add(number, 'trained_on', _input(node, 'train__dataset'))
+            if node.is_finished_ok:
+                add(number, 'potential', _output(node, 'potential'))
         elif link_label.startswith('explore_'):
-            parameters_node = _input(node, 'parameters')
-            if parameters_node is None:  # the ExploreWorkChain exposes the CalcJob's inputs in its namespace
-                parameters_node = _input(node, 'explore__parameters')
-            parameters = parameters_node.get_dict()
-            for key in ('temperature_K', 'pressure_GPa', 'steps', 'walkers'):
-                current[key] = parameters.get(key)
+            parameters = _input(node, 'parameters')
+            if parameters is None:  # the ExploreWorkChain exposes the CalcJob's inputs in its namespace
+                parameters = _input(node, 'explore__parameters')
+            add(number, 'explore_parameters', parameters)
             pool = _output(node, 'pool')
             if pool is None or not node.is_finished_ok:
                 continue
-            current['explored'] = len(pool)
-            stops = _output(node, 'stops')
-            if stops is not None:
-                current['walker_stops'] = dict(stops.get_dict().get('counts', {}))
-            query = orm.QueryBuilder()
-            query.append(orm.Data, filters={'id': pool.pk}, tag='pool')
-            query.append(
-                orm.CalcFunctionNode,
-                with_incoming='pool',
-                filters={'attributes.process_label': 'select_candidates'},
-                tag='select',
-            )
-            query.append(orm.ArrayData, with_incoming='select', edge_filters={'label': 'selection'}, project='*')
-            selection = query.first(flat=True)
-            if selection is not None:
-                attributes = selection.base.attributes
-                for key in ('n_accurate', 'n_candidate', 'n_failed'):
-                    current[key] = attributes.get(key, None)
-                current['selected'] = attributes.get('n_selected', None)
-                current['accurate_fraction'] = (current['n_accurate'] or 0) / max(1, current['explored'])
+            add(number, 'pool', pool)
+            add(number, 'stops', _output(node, 'stops'))
+            add(number, 'selection', _selection_of_pool(pool))
         elif link_label.startswith('label_') and node.is_terminated:
             failures = _output(node, 'failures')
-            labelled = _output(node, 'labelled')
-            current['labelled'] = len(labelled) if labelled is not None else 0
-            current['failed_labels'] = (
-                len(failures.get_dict())
-                if failures is not None
-                else len(_label_picks(node))
-                if node.is_terminated
-                else 0
-            )
+            add(number, 'failures', failures if failures is not None else len(_label_picks(node)))
+            add(number, 'labelled', _output(node, 'labelled'))
 
-    sizes = _merged_sizes(campaign)
-    numbers = sorted(rows)
-    for position, number in enumerate(numbers):
-        round_done = number in sizes or position + 1 < len(numbers) or campaign.is_terminated
-        earlier = [index for index in sizes if index <= number]
+    merged = _merged_datasets(campaign)
+    ordered = sorted(numbers)
+    for position, number in enumerate(ordered):
+        round_done = number in merged or position + 1 < len(ordered) or campaign.is_terminated
+        earlier = [index for index in merged if index <= number]
         if round_done and earlier:
-            rows[number]['dataset_size'] = sizes[max(earlier)]
-    return [rows[number] for number in numbers]
+            add(number, 'dataset', merged[max(earlier)])
+    rows = {row['round']: row for row in report_rows(sources)}
+    return [rows.get(number, {'round': number}) for number in ordered]
+
+
+def _selection_of_pool(pool: orm.Data) -> orm.ArrayData | None:
+    """The ``selection`` output of the ``select_candidates`` call that took ``pool``."""
+    query = orm.QueryBuilder()
+    query.append(orm.Data, filters={'id': pool.pk}, tag='pool')
+    query.append(
+        orm.CalcFunctionNode,
+        with_incoming='pool',
+        filters={'attributes.process_label': 'select_candidates'},
+        tag='select',
+    )
+    query.append(orm.ArrayData, with_incoming='select', edge_filters={'label': 'selection'}, project='*')
+    return query.first(flat=True)

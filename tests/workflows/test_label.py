@@ -45,6 +45,27 @@ def test_ase_engine(alkit_python_code):
     assert 'eV/Å' in results['failures']['pick_1']
 
 
+def test_a_failed_ase_job_is_a_failure_record_of_every_structure(aiida_localhost):
+    """A label job that produces nothing (its code exits at once: a real failed job, no mock) leaves a failure record
+    for every structure, built by the ``failure_record`` calcfunction from those structures (no node stored by the
+    work chain itself)."""
+    broken = orm.InstalledCode(label='false', computer=aiida_localhost, filepath_executable='/bin/false').store()
+    structures = {'pick_0': _copper(0), 'pick_1': _copper(1)}
+    results, node = run_get_node(
+        LabelWorkChain,
+        structures=structures,
+        engine=orm.Str('ase'),
+        ase={'code': broken, 'calculator': orm.Str('ase.calculators.emt.EMT')},
+    )
+    assert node.exit_status == LabelWorkChain.exit_codes.ERROR_NO_LABELS.status
+    failures = results['failures']
+    assert sorted(failures.keys()) == ['pick_0', 'pick_1']
+    assert all('AseLabelCalculation' in reason for reason in failures.get_dict().values())
+    assert failures.creator.process_label == 'failure_record'
+    inputs = {link.link_label: link.node.pk for link in failures.creator.base.links.get_incoming().all()}
+    assert inputs['pick_0'] == structures['pick_0'].pk and inputs['pick_1'] == structures['pick_1'].pk
+
+
 def test_missing_engine_inputs_are_refused(alkit_python_code):
     with pytest.raises(ValueError, match=r'needs ase\.calculator'):
         run_get_node(LabelWorkChain, structures={'a': _copper(0)}, ase={'code': alkit_python_code})

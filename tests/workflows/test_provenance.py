@@ -182,10 +182,36 @@ def test_round_of(campaign):
 @pytest.mark.campaign
 def test_campaign_rounds_match_report(campaign):
     report = campaign.outputs.report.get_dict()['rounds']
-    rebuilt = campaign_rounds(campaign)
+    assert campaign_rounds(campaign) == report  # a finished campaign's rows are its report
+    rebuilt = campaign_rounds(campaign, rebuild=True)  # what a running campaign shows: the same rows from the graph
     assert [row['round'] for row in rebuilt] == [row['round'] for row in report] == [1, 2]
     for got, expected in zip(rebuilt, report, strict=True):
         for key, value in expected.items():
             assert got[key] == pytest.approx(value) if isinstance(value, float) else got[key] == value, key
     assert rebuilt[0]['trained_on'] == N_GOOD
     assert rebuilt[1]['trained_on'] == report[0]['dataset_size'] == N_GOOD + 2
+
+
+@pytest.mark.campaign
+def test_report_is_computed_by_a_calcfunction_from_the_rounds_nodes(campaign):
+    """The work chain stores no data node itself: the report is returned by ``campaign_report``, whose inputs are the
+    nodes every row was computed from (each round's training set, potential, pool, selection, labels, ...)."""
+    report = campaign.outputs.report
+    creator = report.creator
+    assert creator.process_label == 'campaign_report'
+    assert creator.caller.pk == campaign.pk
+    inputs = {link.link_label: link.node for link in creator.base.links.get_incoming().all()}
+    assert inputs['stop_reason'].value == report['stop_reason']
+    for number in (1, 2):
+        potential = inputs[f'round_{number}_potential']
+        assert potential.pk == _called(campaign, f'train_round_{number}').outputs.potential.pk
+        assert inputs[f'round_{number}_pool'].pk == _called(campaign, f'explore_round_{number}').outputs.pool.pk
+        assert inputs[f'round_{number}_selection'].creator.process_label == 'select_candidates'
+        assert len(inputs[f'round_{number}_trained_on']) == report['rounds'][number - 1]['trained_on']
+        assert len(inputs[f'round_{number}_dataset']) == report['rounds'][number - 1]['dataset_size']
+    assert inputs['round_2_dataset'].pk == campaign.outputs.dataset.pk
+
+
+def _called(campaign, link_label: str):
+    (link,) = campaign.base.links.get_outgoing(link_label_filter=link_label).all()
+    return link.node
