@@ -966,6 +966,11 @@ def main(argv: list[str] | None = None) -> None:
         help='JSON lines of an interrupted run with the same settings: its finished rounds are kept, the campaigns go '
         'on from there (append the new output to the same file: --resume F >> F)',
     )
+    parser.add_argument(
+        '--summary-only',
+        action='store_true',
+        help='with --resume: run nothing, summarise (and plot) the seeds whose campaigns all finished',
+    )
     parser.add_argument('--device', default='cpu', help="where the models train and predict ('cpu', 'cuda')")
     parser.add_argument(
         '--convergence-check', action='store_true',
@@ -1015,11 +1020,20 @@ def main(argv: list[str] | None = None) -> None:
         # together, and a stopped run keeps every finished round anyway (--resume)
         previous = resumed_records(args.resume, settings, methods, seeds)
         finished = len(settings.label_counts())
+        if args.summary_only:
+            if args.resume is None:
+                parser.error('--summary-only needs --resume')
+            complete = [s for s in seeds if all(len(previous.get((m, s), [])) == finished for m in methods)]
+            if not complete:
+                parser.error(f'no seed of {seeds} has every campaign finished in {args.resume}')
+            log(f'[summary only] seeds with every campaign finished: {complete} (of {seeds})')
+            seeds = complete
+            previous = {key: group for key, group in previous.items() if key[1] in complete}
         tasks = [
             (method, seed, settings, str(folder), args.device, previous.get((method, seed), []))
             for seed in seeds
             for method in methods
-            if len(previous.get((method, seed), [])) < finished
+            if len(previous.get((method, seed), [])) < finished and not args.summary_only
         ]
         tasks.sort(key=lambda task: (task[0] != 'qbc_maxdiag', seeds.index(task[1])))
         records = [record for group in previous.values() for record in group]
@@ -1058,6 +1072,7 @@ def main(argv: list[str] | None = None) -> None:
             'jobs': args.jobs,
             'device': args.device,
             'resumed_rounds': sum(len(group) for group in previous.values()),
+            'summary_only': args.summary_only,
             'plot': str(args.plot),
             'command': _command(argv),
             'machine': f'{platform.machine()}, {os.cpu_count()} CPUs, torch threads 1 per job',

@@ -106,3 +106,17 @@ def test_quick_mode_runs_every_method(tmp_path):
     for method, labels in summary['labels_to_target'].items():
         assert (second['labels_to_target'][method] is None) == (labels is None), method
         assert labels is None or second['labels_to_target'][method] == pytest.approx(labels, rel=1e-3)
+
+    # --summary-only runs nothing: the summary of the seeds whose campaigns all finished, or a clear refusal
+    full = tmp_path / 'full.jsonl'
+    full.write_text(completed.stdout)
+    command = [sys.executable, str(SCRIPT), '--quick', '--cache', str(tmp_path / 'cache'), '--plot', str(plot)]
+    only = subprocess.run([*command, '--resume', str(full), '--summary-only'], capture_output=True, text=True,
+                          timeout=600, check=False)  # fmt: skip
+    assert only.returncode == 0, only.stderr[-4000:]
+    (line,) = [json.loads(text) for text in only.stdout.splitlines() if text.startswith('{')]
+    assert line['summary'] and line['summary_only'] and line['seeds'] == [0]
+    assert line['labels_to_target'] == summary['labels_to_target']
+    refused = subprocess.run([*command, '--resume', str(partial), '--summary-only'], capture_output=True, text=True,
+                             timeout=600, check=False)  # fmt: skip
+    assert refused.returncode != 0 and 'no seed of [0] has every campaign finished' in refused.stderr
