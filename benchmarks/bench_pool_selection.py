@@ -745,6 +745,7 @@ def summarise(records: list[dict[str, Any]], settings: Settings) -> dict[str, An
 def plot_curves(records: list[dict[str, Any]], target: float | None, path: pathlib.Path) -> None:
     """Overall and worst-condition test force RMSE against labels, mean ± std over seeds, log-log."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -763,6 +764,9 @@ def plot_curves(records: list[dict[str, Any]], target: float | None, path: pathl
             axis.axhline(target, color='black', linestyle=':', linewidth=1, label="target (random's final)")
         axis.set_xscale('log')
         axis.set_yscale('log')
+        axis.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([20, 50, 100, 200]))
+        axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overprinted minor labels
         axis.set_title(titles[quantity])
         axis.set_xlabel('labelled configurations')
         axis.set_ylabel('meV/Å')
