@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import shutil
 import subprocess
 import sys
@@ -60,7 +59,7 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    from bench_train import dataset
+    from bench_train import dataset, machine
 
     from aiida_alkit.io.arrays import ConfigurationArrays
     from aiida_alkit.jobs import explore, train
@@ -88,11 +87,7 @@ def main() -> None:
         'model': model,
         'bias': 'gradient (posterior, relative_tau 0.2)',
         'devices': devices,
-        'cpu_threads': args.cpu_threads,
-        'torch': torch.__version__,
-        'cpu': platform.processor() or platform.machine(),
-        'cpu_count': os.cpu_count(),
-        'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **machine(args.cpu_threads),
     }
     with tempfile.TemporaryDirectory() as scratch:
         base = pathlib.Path(scratch)

@@ -49,6 +49,19 @@ def dataset(n_configs: int, seed: int = 0):
     return arrays
 
 
+def machine(cpu_threads: int) -> dict:
+    """What a timing was measured on: torch, CPU, core count, GPU (also used by bench_explore.py)."""
+    import torch
+
+    return {
+        'cpu_threads': cpu_threads,
+        'torch': torch.__version__,
+        'cpu': platform.processor() or platform.machine(),
+        'cpu_count': os.cpu_count(),
+        'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
 def run_job(folder: pathlib.Path, parameters: dict, threads: int) -> dict:
     from aiida_alkit.jobs.train import DATASET_FILE, METRICS_FILE
 
@@ -104,11 +117,7 @@ def main() -> None:
         'batch_size': 32,
         'model': model,
         'devices': devices,
-        'cpu_threads': args.cpu_threads,
-        'torch': torch.__version__,
-        'cpu': platform.processor() or platform.machine(),
-        'cpu_count': os.cpu_count(),
-        'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **machine(args.cpu_threads),
         'data_s': round(time.perf_counter() - started, 2),
     }
     for device in devices:

@@ -114,6 +114,19 @@ def _species_indices(numbers: np.ndarray, species: Sequence[str], table: np.ndar
     return species_index
 
 
+def _flat_arrays(positions, numbers, cells, pbc, offsets) -> tuple[np.ndarray, ...]:
+    """The flat batch layout as arrays of the right dtype and shape; refuses arrays that do not fit together."""
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+    cells = np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3)
+    pbc = np.asarray(pbc, dtype=bool).reshape(-1, 3)
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+    n_structures = len(offsets) - 1
+    if cells.shape[0] != n_structures or pbc.shape[0] != n_structures or offsets[-1] != len(positions):
+        raise ValueError('inconsistent batch arrays: cells/pbc/offsets do not match the number of atoms/structures')
+    return positions, numbers, cells, pbc, offsets
+
+
 def batch_from_arrays(
     positions: np.ndarray,
     numbers: np.ndarray,
@@ -137,14 +150,8 @@ def batch_from_arrays(
     :param energy: optional (B,) eV. :param forces: optional (N, 3) eV/Å. :param stress: optional (B, 3, 3) eV/Å³.
     :raises ValueError: for an element that is not in ``species``.
     """
-    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
-    numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
-    cells = np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3)
-    pbc = np.asarray(pbc, dtype=bool).reshape(-1, 3)
-    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+    positions, numbers, cells, pbc, offsets = _flat_arrays(positions, numbers, cells, pbc, offsets)
     n_structures = len(offsets) - 1
-    if cells.shape[0] != n_structures or pbc.shape[0] != n_structures or offsets[-1] != len(positions):
-        raise ValueError('inconsistent batch arrays: cells/pbc/offsets do not match the number of atoms/structures')
     species_index = _species_indices(numbers, species)
 
     edges_i, edges_j, edges_s = [], [], []
@@ -354,11 +361,7 @@ class VerletBatcher:
         :param store: keep lists built in this call for later calls (False for throw-away trial configurations, e.g.
             Monte-Carlo moves: they may use a stored list but do not replace it).
         """
-        positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
-        numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
-        cells = np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3)
-        pbc = np.asarray(pbc, dtype=bool).reshape(-1, 3)
-        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+        positions, numbers, cells, pbc, offsets = _flat_arrays(positions, numbers, cells, pbc, offsets)
         n_structures = len(offsets) - 1
         self.requests += n_structures
         if self.skin == 0:
