@@ -32,7 +32,7 @@ Units: Å, fs, K, GPa (inputs), eV, eV/Å, eV/Å³, amu. No AiiDA import.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -762,6 +762,153 @@ class ExplorationResult:
     n_steps: int = 0
 
 
+#: Keys of :attr:`ExplorationResult.log`, in their order.
+LOG_KEYS = (
+    'step',
+    'walker',
+    'temperature',
+    'energy',
+    'energy_bias',
+    'uncertainty',
+    'max_atom_uncertainty',
+    'tau',
+    'tau_stress',
+    'pressure',
+    'volume',
+    'force_norm',
+    'bias_force_norm',
+)
+
+
+@dataclass
+class StepObservables:
+    """Per-walker values of one MD step shared by the log and the pool metadata, computed once per step.
+
+    Every field is a (B,) array, one value per active walker row.
+    """
+
+    kinetic_temperature: np.ndarray
+    """Kinetic temperature 2 E_kin / (3 N k_B), K."""
+    pressure: np.ndarray
+    """Instantaneous pressure, trace/3 of (1/V) Σ m v⊗v - σ without the bias stress, GPa (NaN without a stress or a
+    fully periodic cell)."""
+    volume: np.ndarray
+    """Cell volume, Å³ (NaN for walkers that are not fully periodic)."""
+    u_energy: np.ndarray
+    """Energy uncertainty u, eV (NaN when the potential reports none)."""
+    max_atom_uncertainty: np.ndarray
+    """Largest per-atom uncertainty of the walker, eV/Å (NaN when the potential reports none)."""
+    tau: np.ndarray
+    """Bias strength τ of ``E - τ u``, dimensionless (0 without a bias)."""
+    tau_stress: np.ndarray
+    """Stress-bias strength τ_s, dimensionless (0 without a stress bias)."""
+
+    @classmethod
+    def of(cls, system: WalkerSystem, result: PotentialResult) -> StepObservables:
+        """The values of the walkers ``system`` evaluated as ``result``."""
+        n = system.n_structures
+        pressure = np.full(n, np.nan)
+        if result.stress is not None:
+            tensor = pressure_tensor(system, result, include_bias=False)
+            pressure = np.where(system.periodic, np.trace(tensor, axis1=1, axis2=2) / 3.0 / GPA, np.nan)
+        max_atom = np.full(n, np.nan)
+        if result.atom_uncertainty is not None:
+            max_atom = segment_max(result.atom_uncertainty, system.structure_index, n)
+        return cls(
+            kinetic_temperature=system.temperatures(),
+            pressure=pressure,
+            volume=np.where(system.periodic, system.volumes(), np.nan),
+            u_energy=result.uncertainty if result.uncertainty is not None else np.full(n, np.nan),
+            max_atom_uncertainty=max_atom,
+            tau=result.tau if result.tau is not None else np.zeros(n),
+            tau_stress=result.tau_stress if result.tau_stress is not None else np.zeros(n),
+        )
+
+
+def _empty_log() -> dict[str, list]:
+    return {key: [] for key in LOG_KEYS}
+
+
+def _no_moves() -> dict[str, list[int]]:
+    return {'swap': [0, 0], 'volume': [0, 0], 'cell': [0, 0]}
+
+
+@dataclass
+class RunState:
+    """What :meth:`BatchedMD.run` accumulates while it runs; :meth:`result` makes the :class:`ExplorationResult`."""
+
+    pool: Any = None
+    """The ``CandidatePool`` told about every stop (None: no pool)."""
+    stop_reasons: dict[int, str] = field(default_factory=dict)
+    """Walker id -> why it stopped ('max_steps', 'uncertainty', 'hal_f_tol', 'nan', 'density', 'error: ...'), in
+    the order of the stops."""
+    stop_steps: dict[int, int] = field(default_factory=dict)
+    """Walker id -> MD step at which it stopped (0: before the first step)."""
+    final: dict[int, Any] = field(default_factory=dict)
+    """Walker id -> ``ase.Atoms`` (Å, with velocities) of its state when it stopped; absent for walkers whose
+    evaluation failed or whose state was rejected after an MD step before evaluation (non-finite, density)."""
+    log: dict[str, list] = field(default_factory=_empty_log)
+    """:data:`LOG_KEYS` -> one value per step and active walker: 'temperature' K (kinetic), 'energy',
+    'energy_bias' and 'uncertainty' eV, 'max_atom_uncertainty' eV/Å, 'tau' and 'tau_stress' (dimensionless),
+    'pressure' GPa, 'volume' Å³, 'force_norm' and 'bias_force_norm' eV/Å."""
+    acceptance: dict[str, list[int]] = field(default_factory=_no_moves)
+    """Monte-Carlo move kind ('swap', 'volume', 'cell') -> [accepted, attempted]."""
+
+    def stop(
+        self, walkers: Iterable[int], reasons: Iterable[str], step: int, frames: Iterable[Any] | None = None
+    ) -> None:
+        """Record that ``walkers`` stopped at MD ``step``, one reason each, with their final ``ase.Atoms``
+        (``frames``, one each) when given, and tell the pool."""
+        walkers, reasons = list(walkers), list(reasons)
+        frames = [None] * len(walkers) if frames is None else list(frames)
+        if not len(walkers) == len(reasons) == len(frames):
+            raise ValueError('need one reason (and one frame, if any) per stopped walker')
+        for walker, reason, frame in zip(walkers, reasons, frames, strict=True):
+            walker, reason = int(walker), str(reason)
+            self.stop_reasons[walker], self.stop_steps[walker] = reason, int(step)
+            if frame is not None:
+                self.final[walker] = frame
+            if self.pool is not None:
+                self.pool.record_stop(walker, reason, step)
+
+    def append_log(self, system: WalkerSystem, result: PotentialResult, step: int, observed: StepObservables) -> None:
+        """Append one row per active walker of ``system`` at ``step`` to :attr:`log`."""
+        n = system.n_structures
+        norms = result.force_norms if result.force_norms is not None else np.full(n, np.nan)
+        bias = np.full(n, np.nan)
+        if result.bias_forces is not None:
+            bias = np.sqrt(np.bincount(system.structure_index, np.square(result.bias_forces).sum(axis=1), minlength=n))
+        columns = {
+            'step': [step] * n,
+            'walker': system.walker_ids,
+            'temperature': observed.kinetic_temperature,
+            'energy': result.energy,
+            'energy_bias': result.energy_bias,
+            'uncertainty': observed.u_energy,
+            'max_atom_uncertainty': observed.max_atom_uncertainty,
+            'tau': observed.tau,
+            'tau_stress': observed.tau_stress,
+            'pressure': observed.pressure,
+            'volume': observed.volume,
+            'force_norm': norms,
+            'bias_force_norm': bias,
+        }
+        for key, values in columns.items():
+            self.log[key].extend(np.asarray(values).tolist())
+
+    def result(self, n_steps: int) -> ExplorationResult:
+        """The outcome of a run that made ``n_steps`` steps (the log as arrays)."""
+        return ExplorationResult(
+            stop_reasons=self.stop_reasons,
+            stop_steps=self.stop_steps,
+            final=self.final,
+            log={key: np.asarray(value) for key, value in self.log.items()},
+            pool=self.pool,
+            mc_acceptance=self.acceptance,
+            n_steps=n_steps,
+        )
+
+
 class BatchedMD:
     """Langevin (BAOAB) MD of many walkers in one batch, optionally NPT (a barostat), with MC moves and stops.
 
@@ -872,18 +1019,17 @@ class BatchedMD:
             setattr(system, name, getattr(new, name))
 
     def _metadata(
-        self, system: WalkerSystem, result: PotentialResult, step: int, values: dict[str, np.ndarray]
+        self,
+        system: WalkerSystem,
+        result: PotentialResult,
+        step: int,
+        values: dict[str, np.ndarray],
+        observed: StepObservables,
     ) -> dict[str, np.ndarray]:
+        """Pool metadata of every row (see :mod:`~aiida_alkit.exploration.pool`), name -> (B,)."""
         n = system.n_structures
         target_t = _per_walker(self.temperature, step, system.walker_ids)
         target_p = _per_walker(self.pressure, step, system.walker_ids)
-        pressure = np.full(n, np.nan)
-        if result.stress is not None:
-            tensor = pressure_tensor(system, result, include_bias=False)
-            pressure = np.where(system.periodic, np.trace(tensor, axis1=1, axis2=2) / 3.0 / GPA, np.nan)
-        max_atom = np.full(n, np.nan)
-        if result.atom_uncertainty is not None:
-            max_atom = segment_max(result.atom_uncertainty, system.structure_index, n)
         f_max, s_max = np.full(n, np.nan), np.full(n, np.nan)
         if result.member_forces is not None and result.member_forces.shape[0] > 1:
             f = relative_force_uncertainty(result.member_forces)
@@ -893,16 +1039,16 @@ class BatchedMD:
             'walker': system.walker_ids.astype(np.int64),
             'step': np.full(n, step, dtype=np.int64),
             'temperature': target_t,
-            'kinetic_temperature': system.temperatures(),
-            'pressure': pressure,
+            'kinetic_temperature': observed.kinetic_temperature,
+            'pressure': observed.pressure,
             'target_pressure': target_p,
-            'volume': np.where(system.periodic, system.volumes(), np.nan),
+            'volume': observed.volume,
             'model_energy': result.energy,
             'biased_energy': result.energy_bias,
-            'tau': result.tau if result.tau is not None else np.zeros(n),
-            'tau_stress': result.tau_stress if result.tau_stress is not None else np.zeros(n),
-            'u_energy': result.uncertainty if result.uncertainty is not None else np.full(n, np.nan),
-            'max_atom_force_unc': max_atom,
+            'tau': observed.tau,
+            'tau_stress': observed.tau_stress,
+            'u_energy': observed.u_energy,
+            'max_atom_force_unc': observed.max_atom_uncertainty,
             'f_max': f_max,
             's_max': s_max,
         }
@@ -927,104 +1073,81 @@ class BatchedMD:
             unphysical |= new & criterion_unphysical
         return reasons.astype(str), unphysical, values
 
+    def _precheck(self, state: RunState, system: WalkerSystem, step: int, frames: bool) -> None:
+        """Stop and remove (in place) the walkers that :meth:`PhysicalLimits.precheck` rejects before evaluation.
+
+        :param frames: keep their (unevaluated) configurations as final frames; done for the input walkers only.
+        """
+        reasons = self.physical.precheck(system)
+        bad = np.flatnonzero(reasons != '')
+        if bad.size:
+            atoms = [system.to_atoms(int(row)) for row in bad] if frames else None
+            state.stop(system.walker_ids[bad], reasons[bad], step, atoms)
+            self._replace(system, system.subset(np.flatnonzero(reasons == '')))
+
+    def _add_frames(
+        self,
+        system: WalkerSystem,
+        result: PotentialResult,
+        step: int,
+        reasons: np.ndarray,
+        unphysical: np.ndarray,
+        values: dict[str, np.ndarray],
+        observed: StepObservables,
+    ) -> None:
+        """Add to the pool the sample frames of this step (every ``pool.interval`` steps, walkers that go on) and the
+        stop frames (walkers stopping for a reason that is not unphysical, if the pool keeps stop frames)."""
+        stopping = reasons != ''
+        interval = int(self.pool.interval or 0)
+        sample = interval > 0 and step > 0 and step % interval == 0
+        sample_rows = np.flatnonzero(~stopping) if sample else np.zeros(0, dtype=np.int64)
+        stop_rows = np.flatnonzero(stopping & ~unphysical) if self.pool.include_stop_frames else []
+        rows = np.sort(np.concatenate([sample_rows, np.asarray(stop_rows, dtype=np.int64)]))
+        if not rows.size:
+            return
+        info = self._metadata(system, result, step, values, observed)
+        info['frame_kind'] = np.where(stopping, 'stop', 'sample')
+        info['stop_reason'] = reasons
+        features = None
+        if self.features is not None:
+            features = np.asarray(self.features(system, result), dtype=np.float64)[rows]
+        self.pool.add(system, rows, {k: np.asarray(v)[rows] for k, v in info.items()}, features)
+
     # ------------------------------------------------------------------ main loop
     def run(self) -> ExplorationResult:
         """Run until every walker has stopped (at the latest after ``n_steps`` steps)."""
         system = self.system
-        stop_reasons: dict[int, str] = {}
-        stop_steps: dict[int, int] = {}
-        final: dict[int, Any] = {}
-        log: dict[str, list] = {
-            key: []
-            for key in (
-                'step',
-                'walker',
-                'temperature',
-                'energy',
-                'energy_bias',
-                'uncertainty',
-                'max_atom_uncertainty',
-                'tau',
-                'tau_stress',
-                'pressure',
-                'volume',
-                'force_norm',
-                'bias_force_norm',
-            )
-        }
-        acceptance = {'swap': [0, 0], 'volume': [0, 0], 'cell': [0, 0]}
-
-        def stop(rows: np.ndarray, reasons: Sequence[str], step: int) -> None:
-            for row, reason in zip(rows, reasons, strict=True):
-                walker = int(system.walker_ids[row])
-                stop_reasons[walker], stop_steps[walker] = str(reason), step
-                final[walker] = system.to_atoms(int(row))
-                if self.pool is not None:
-                    self.pool.record_stop(walker, str(reason), step)
-
-        # non-finite input walkers never reach the model
-        reasons = self.physical.precheck(system)
-        bad = np.flatnonzero(reasons != '')
-        if bad.size:
-            stop(bad, reasons[bad].tolist(), 0)
-            self._replace(system, system.subset(np.flatnonzero(reasons == '')))
+        state = RunState(pool=self.pool)
+        self._precheck(state, system, 0, frames=True)  # non-finite input walkers never reach the model
         result, failed = (None, {}) if system.n_structures == 0 else self._evaluate(system)
-        for walker, reason in failed.items():
-            stop_reasons[walker], stop_steps[walker] = reason, 0
-            if self.pool is not None:
-                self.pool.record_stop(walker, reason, 0)
+        state.stop(failed.keys(), failed.values(), 0)
         step = 0
         while result is not None and system.n_structures:
             if step > 0:
-                result = self._advance(system, result, step, stop_reasons, stop_steps, acceptance)
+                result = self._advance(system, result, step, state)
                 if result is None:
                     break
             reasons, unphysical, values = self._check(system, result)
             if step >= self.n_steps:
                 reasons = np.where(reasons == '', 'max_steps', reasons)
-            self._log(log, system, result, step)
-            stopping = reasons != ''
+            observed = StepObservables.of(system, result)
+            state.append_log(system, result, step, observed)
             if self.pool is not None:
-                interval = int(self.pool.interval or 0)
-                sample = interval > 0 and step > 0 and step % interval == 0
-                sample_rows = np.flatnonzero(~stopping) if sample else np.zeros(0, dtype=np.int64)
-                stop_rows = np.flatnonzero(stopping & ~unphysical) if self.pool.include_stop_frames else []
-                rows = np.sort(np.concatenate([sample_rows, np.asarray(stop_rows, dtype=np.int64)]))
-                if rows.size:
-                    info = self._metadata(system, result, step, values)
-                    info['frame_kind'] = np.where(stopping, 'stop', 'sample')
-                    info['stop_reason'] = reasons
-                    features = None
-                    if self.features is not None:
-                        features = np.asarray(self.features(system, result), dtype=np.float64)[rows]
-                    self.pool.add(system, rows, {k: np.asarray(v)[rows] for k, v in info.items()}, features)
+                self._add_frames(system, result, step, reasons, unphysical, values, observed)
+            stopping = reasons != ''
             if stopping.any():
                 rows = np.flatnonzero(stopping)
-                stop(rows, reasons[rows], step)
+                state.stop(system.walker_ids[rows], reasons[rows], step, [system.to_atoms(int(r)) for r in rows])
                 keep = np.flatnonzero(~stopping)
                 result = result.subset(keep)
                 self._replace(system, system.subset(keep))
             step += 1
-        return ExplorationResult(
-            stop_reasons=stop_reasons,
-            stop_steps=stop_steps,
-            final=final,
-            log={key: np.asarray(value) for key, value in log.items()},
-            pool=self.pool,
-            mc_acceptance=acceptance,
-            n_steps=step,
-        )
+        return state.result(step)
 
     def _advance(
-        self,
-        system: WalkerSystem,
-        result: PotentialResult,
-        step: int,
-        stop_reasons: dict[int, str],
-        stop_steps: dict[int, int],
-        acceptance: dict[str, list[int]],
+        self, system: WalkerSystem, result: PotentialResult, step: int, state: RunState
     ) -> PotentialResult | None:
-        """One BAOAB step (+ barostat, + MC); returns the evaluation at the new positions."""
+        """One BAOAB step (+ barostat, + MC); returns the evaluation at the new positions (None: no walker left)."""
         index = system.structure_index
         dt_walker = self._dt(system)
         dt = (dt_walker * units.fs)[index][:, None]
@@ -1053,21 +1176,11 @@ class BatchedMD:
         if self.wrap:
             with np.errstate(all='ignore'):
                 system.wrap()
-        reasons = self.physical.precheck(system)
-        if (reasons != '').any():
-            for row in np.flatnonzero(reasons != ''):
-                walker = int(system.walker_ids[row])
-                stop_reasons[walker], stop_steps[walker] = str(reasons[row]), step
-                if self.pool is not None:
-                    self.pool.record_stop(walker, str(reasons[row]), step)
-            self._replace(system, system.subset(np.flatnonzero(reasons == '')))
-            if system.n_structures == 0:
-                return None
+        self._precheck(state, system, step, frames=False)
+        if system.n_structures == 0:
+            return None
         new, failed = self._evaluate(system)
-        for walker, reason in failed.items():
-            stop_reasons[walker], stop_steps[walker] = reason, step
-            if self.pool is not None:
-                self.pool.record_stop(walker, reason, step)
+        state.stop(failed.keys(), failed.values(), step)
         if new is None:
             return None
         index = system.structure_index
@@ -1076,13 +1189,16 @@ class BatchedMD:
         with np.errstate(all='ignore'):
             system.velocities += 0.5 * dt * new.total_forces() * inverse_mass  # B
         if self.monte_carlo is not None and step % max(int(self.monte_carlo.interval), 1) == 0:
-            new = self._monte_carlo(system, new, step, acceptance)
+            new = self._monte_carlo(system, new, step, state)
         return new
 
     def _monte_carlo(
-        self, system: WalkerSystem, result: PotentialResult, step: int, acceptance: dict[str, list[int]]
-    ) -> PotentialResult:
+        self, system: WalkerSystem, result: PotentialResult, step: int, state: RunState
+    ) -> PotentialResult | None:
+        """Swap, volume and cell moves (HAL, seed 002); re-evaluates the walkers after an accepted move, stopping
+        (with its reason) any walker whose evaluation then fails. None: no walker left."""
         settings = self.monte_carlo
+        acceptance = state.acceptance
         kT = KB * _per_walker(self.temperature, step, system.walker_ids)
         npt = self.pressure is not None  # volume and cell moves only under a target pressure
         pressure = _per_walker(self.pressure if npt else 0.0, step, system.walker_ids) * GPA
@@ -1115,35 +1231,6 @@ class BatchedMD:
             changed |= bool(accepted.any())
         if not changed:
             return result
-        new, _ = self._evaluate(system, update=False)
-        return result if new is None else new
-
-    @staticmethod
-    def _log(log: dict[str, list], system: WalkerSystem, result: PotentialResult, step: int) -> None:
-        n = system.n_structures
-        max_atom = np.full(n, np.nan)
-        if result.atom_uncertainty is not None:
-            max_atom = segment_max(result.atom_uncertainty, system.structure_index, n)
-        pressure = np.full(n, np.nan)
-        if result.stress is not None:
-            tensor = pressure_tensor(system, result, include_bias=False)
-            pressure = np.where(system.periodic, np.trace(tensor, axis1=1, axis2=2) / 3.0 / GPA, np.nan)
-        log['step'].extend([step] * n)
-        log['walker'].extend(system.walker_ids.tolist())
-        log['temperature'].extend(system.temperatures().tolist())
-        log['energy'].extend(result.energy.tolist())
-        log['energy_bias'].extend(result.energy_bias.tolist())
-        log['uncertainty'].extend(
-            (result.uncertainty if result.uncertainty is not None else np.full(n, np.nan)).tolist()
-        )
-        log['max_atom_uncertainty'].extend(max_atom.tolist())
-        log['tau'].extend((result.tau if result.tau is not None else np.zeros(n)).tolist())
-        log['tau_stress'].extend((result.tau_stress if result.tau_stress is not None else np.zeros(n)).tolist())
-        log['pressure'].extend(pressure.tolist())
-        log['volume'].extend(np.where(system.periodic, system.volumes(), np.nan).tolist())
-        norms = result.force_norms if result.force_norms is not None else np.full(n, np.nan)
-        log['force_norm'].extend(np.asarray(norms).tolist())
-        bias = np.full(n, np.nan)
-        if result.bias_forces is not None:
-            bias = np.sqrt(np.bincount(system.structure_index, np.square(result.bias_forces).sum(axis=1), minlength=n))
-        log['bias_force_norm'].extend(bias.tolist())
+        new, failed = self._evaluate(system, update=False)
+        state.stop(failed.keys(), failed.values(), step)
+        return new

@@ -500,3 +500,27 @@ def test_compressibility_is_estimated_from_the_model_curvature():
     beta = estimate_compressibility(potential, WalkerSystem.from_atoms(structures))
     np.testing.assert_allclose(beta[:2], [1 / 140.0, 1 / 5.0], rtol=1e-6)  # 1/GPa
     assert beta[2] == 1.0 and beta[3] == beta[4] == 0.01  # clipped to B >= 1 GPa; the generic 100 GPa
+
+
+class _FailsAfterMonteCarlo(HarmonicPotential):
+    """Harmonic atoms whose re-evaluation after a Monte-Carlo move (forces without a strength update, which only
+    ``BatchedMD._monte_carlo`` asks for) raises for walker 1: a fault a real model cannot be made to raise on cue."""
+
+    def evaluate(self, system, forces=True, update_strength=True):
+        if forces and not update_strength and 1 in system.walker_ids:
+            raise RuntimeError('planted failure after a swap')
+        return super().evaluate(system, forces, update_strength)
+
+
+def test_a_walker_that_fails_after_a_monte_carlo_move_is_stopped_with_its_reason():
+    """Swaps leave the harmonic energy unchanged, so attempts are accepted and the walkers re-evaluated; the walker
+    whose re-evaluation raises stops with the error as its reason (it used to vanish without a record)."""
+    fcc = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    atoms = Atoms('Cu2Au2', scaled_positions=fcc, cell=np.eye(3) * 3.8, pbc=True)
+    potential = _FailsAfterMonteCarlo({0: atoms.positions.copy(), 1: atoms.positions.copy()}, k=1.0)
+    run = BatchedMD(
+        potential, [atoms, atoms.copy()], temperature=300.0, n_steps=6, monte_carlo=MonteCarlo(interval=2, n_swap=1)
+    ).run()
+    assert run.stop_reasons == {1: 'error: RuntimeError', 0: 'max_steps'}
+    assert run.stop_steps == {1: 2, 0: 6}
+    assert run.mc_acceptance['swap'][1] == 2 + 1 + 1  # attempts: both walkers at step 2, then walker 0 alone
