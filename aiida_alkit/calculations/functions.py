@@ -1,5 +1,5 @@
-"""Calcfunctions of a campaign: select candidates (science in ``selection``), merge labels into the training set, and
-the campaign report computed from what each round produced."""
+"""Calcfunctions of a campaign: select candidates (science in ``selection``), merge labels into the training set,
+decide whether the campaign has converged, and the campaign report computed from what each round produced."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ __all__ = [
     'SELECT_PARAMETERS',
     'TRAINING_INFO_KEYS',
     'assign_validation',
+    'campaign_convergence',
     'campaign_report',
     'merge_datasets',
     'select_candidates',
@@ -169,3 +170,38 @@ def campaign_report(stop_reason: orm.Str, **sources: orm.Data) -> orm.Dict:
     from aiida_alkit.workflows.provenance import report_rows
 
     return orm.Dict({'rounds': report_rows(dict(sources)), 'stop_reason': stop_reason.value})
+
+
+@calcfunction
+def campaign_convergence(
+    selection: orm.ArrayData,
+    pool: DatasetData,
+    round_index: orm.Int,
+    stages: orm.Int,
+    accurate_fraction: orm.Float,
+    potential: orm.Data | None = None,
+    target_force_rmse: orm.Float | None = None,
+) -> orm.Dict:
+    """The campaign's decision after a round's selection (rules in :mod:`aiida_alkit.workflows.convergence`).
+
+    :param selection: the ``selection`` output of ``select_candidates`` (its accurate and selected counts).
+    :param pool: the round's candidate pool (its size is the number explored).
+    :param stages: number of scheduled exploration stages; ``accurate_fraction``: the campaign's criterion.
+    :param potential: the round's potential, whose test force RMSE (eV/Å) is compared with ``target_force_rmse``.
+    :return: ``converged``, ``stage_done``, ``reason`` and ``accurate_fraction``.
+    """
+    from aiida_alkit.workflows.convergence import decide_round
+
+    attributes = selection.base.attributes
+    metrics = dict(potential.metrics) if potential is not None else {}
+    decision = decide_round(
+        explored=len(pool),
+        n_accurate=int(attributes.get('n_accurate')),
+        n_selected=int(attributes.get('n_selected')),
+        round_index=round_index.value,
+        stages=stages.value,
+        accurate_fraction=accurate_fraction.value,
+        test_force_rmse=metrics.get('test_forces_rmse_ev_per_ang'),
+        target_force_rmse=None if target_force_rmse is None else target_force_rmse.value,
+    )
+    return orm.Dict(decision.as_dict())

@@ -2,7 +2,9 @@
 
 The work chain only sequences; every decision is made by a calcfunction or a process whose inputs are in the
 graph (selection: :func:`~aiida_alkit.calculations.functions.select_candidates`; merge:
-:func:`~aiida_alkit.calculations.functions.merge_datasets`). Convergence, checked after each exploration:
+:func:`~aiida_alkit.calculations.functions.merge_datasets`; convergence:
+:func:`~aiida_alkit.calculations.functions.campaign_convergence`, its own step ``decide`` after the selection, with
+the rules of :mod:`aiida_alkit.workflows.convergence`). The campaign ends when:
 
 * ``max_rounds`` rounds were run, or the ``label_budget`` (number of labelled structures) is spent;
 * the fraction of explored candidates flagged *accurate* reaches ``accurate_fraction`` (DP-GEN's criterion; the
@@ -20,66 +22,50 @@ Bad input fails the campaign in its first step, ``validate_inputs``, before any 
 the 3xx range whose message names the problem and the offending set, index or value: settings out of range, an
 unknown strategy or selection method, a batch larger than any candidate pool, train/explore parameters the jobs would
 refuse, empty or unlabelled data, species the potential or the pseudopotential family does not cover, overlapping
-atoms, an unphysical density (coordinates in the wrong unit) or an unreadable ``initial_potential``. The port
-validator keeps only the structural checks (which inputs go together). Nothing is computed and every input node stays
-in the graph.
+atoms, an unphysical density (coordinates in the wrong unit) or an unreadable ``initial_potential``. The checks are
+plain Python (:mod:`aiida_alkit.workflows.validation`); the port validator keeps only the structural checks (which
+inputs go together), because a port validator can only refuse the submission, without an exit code or a stored input.
+Nothing is computed and every input node stays in the graph.
 """
 
 from __future__ import annotations
 
-import math
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import yaml
 from aiida import orm
 from aiida.common import AttributeDict
-from aiida.engine import ExitCode, ToContext, WorkChain, if_, while_
+from aiida.engine import ToContext, WorkChain, if_, while_
 
-from aiida_alkit.calculations.explore import validate_explore_parameters
-from aiida_alkit.calculations.functions import campaign_report, merge_datasets, select_candidates
-from aiida_alkit.calculations.train import validate_train_parameters
+from aiida_alkit.calculations.functions import (
+    campaign_convergence,
+    campaign_report,
+    merge_datasets,
+    select_candidates,
+)
 from aiida_alkit.data.dataset import DatasetData
 from aiida_alkit.data.potential import PotentialData, PotentialFileError
-from aiida_alkit.io.arrays import MIN_INTERATOMIC_DISTANCE
-from aiida_alkit.selection.api import METHODS
 from aiida_alkit.workflows.explore import ExploreWorkChain
 from aiida_alkit.workflows.label import LabelWorkChain, failure_reason, failure_record
 from aiida_alkit.workflows.labelling import deep_merge
 from aiida_alkit.workflows.train import TrainWorkChain
+from aiida_alkit.workflows.validation import (
+    SETTING_RULES,
+    STRATEGIES,
+    CampaignInputs,
+    DatasetContent,
+    Problem,
+    campaign_problem,
+    max_pool_size,
+    round_explore_parameters,
+    schedule_length,
+)
 
 __all__ = ['STRATEGIES', 'ActiveLearningWorkChain', 'max_pool_size', 'round_explore_parameters']
 
 PROTOCOL_FILE = pathlib.Path(__file__).parent / 'protocols' / 'active_learning.yaml'
-STRATEGIES = ('gradient', 'alkpu', 'hal', 'dpgen', 'dopt', 'random')
-#: Explore settings a schedule may set per round, and the schedule list of each (K, GPa, MD steps, walkers).
-SCHEDULED_SETTINGS = {
-    'temperature_K': 'temperatures',
-    'pressure_GPa': 'pressures',
-    'steps': 'steps',
-    'walkers': 'walkers',
-}
-SCHEDULE_KEYS = tuple(SCHEDULED_SETTINGS.values())
-#: A fully periodic cell with a volume per atom (Å³) outside this range has its coordinates in the wrong unit (nm or
-#: Bohr read as Å, or the reverse): 2 Å³ per atom is a number density of 0.5 Å⁻³, several times that of any solid.
-VOLUME_PER_ATOM_RANGE = (2.0, 200.0)
-#: Largest pressure magnitude (GPa) an exploration may ask for; beyond it the value is in the wrong unit (Pa, bar).
-MAX_PRESSURE_GPA = 1000.0
-#: Defaults the explore job applies when a setting is absent (jobs/explore.py).
-EXPLORE_DEFAULTS = {'temperature_K': 300.0, 'pressure_GPa': None, 'steps': 200, 'walkers': 4, 'sample_every': 10}
-#: Valid values of the campaign's scalar inputs: key -> (test, what a valid value is).
-SETTING_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
-    'max_rounds': (lambda v: v >= 1, 'at least one round is needed'),
-    'accurate_fraction': (lambda v: 0 < v <= 1, 'a fraction in (0, 1] is needed'),
-    'max_failed_fraction': (lambda v: 0 <= v <= 1, 'a fraction in [0, 1] is needed'),
-    'validation_fraction': (lambda v: 0 <= v < 1, 'a fraction in [0, 1) is needed'),
-    'label_budget': (lambda v: v >= 1, 'at least one label is needed'),
-    'target_force_rmse': (lambda v: v > 0, 'a positive force RMSE (eV/Å) is needed'),
-}
-#: Batch size the select step uses when ``select.parameters`` has none.
-DEFAULT_BATCH_SIZE = 8
 
 
 def load_protocol_file() -> dict:
@@ -93,61 +79,6 @@ def _validate_inputs(inputs: dict, _) -> str | None:
         return 'give exactly one of initial_dataset (labelled) or initial_structures (labelled in round 0)'
     if 'target_force_rmse' in inputs and 'test_dataset' not in inputs:
         return 'target_force_rmse needs a test_dataset'
-    return None
-
-
-def scheduled_value(schedule: Mapping[str, Any], key: str, round_index: int, default: Any) -> Any:
-    """Value of the schedule list ``key`` in round ``round_index`` (1-based; the last value repeats), else ``default``."""
-    values = schedule.get(key)
-    if not values:
-        return default
-    return values[min(round_index - 1, len(values) - 1)]
-
-
-def round_explore_parameters(
-    explore: Mapping[str, Any], schedule: Mapping[str, Any], round_index: int, seed: int
-) -> dict[str, Any]:
-    """The explore job's parameters of round ``round_index``: temperature (K), pressure (GPa), steps and walkers from
-    the schedule when it has them, the seed derived from the campaign's ``seed``."""
-    parameters = dict(explore)
-    values = {
-        key: scheduled_value(schedule, schedule_key, round_index, parameters.get(key, EXPLORE_DEFAULTS[key]))
-        for key, schedule_key in SCHEDULED_SETTINGS.items()
-    }
-    parameters['temperature_K'] = float(values['temperature_K'])
-    parameters['pressure_GPa'] = None if values['pressure_GPa'] is None else float(values['pressure_GPa'])
-    parameters['steps'] = int(values['steps'])
-    parameters['walkers'] = int(values['walkers'])
-    parameters['seed'] = seed * 1000 + round_index
-    return parameters
-
-
-def max_pool_size(walkers: int, steps: int, sample_every: int) -> int:
-    """Most candidates one exploration can yield: each walker records a frame every ``sample_every`` MD steps and its
-    stopping frame (jobs/explore.py, exploration/pool.py)."""
-    return walkers * (steps // sample_every + 1)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _md_setting_problem(key: str, value: Any) -> str | None:
-    """Why an MD setting of one round (temperature_K, pressure_GPa, steps, walkers) is unusable, or None."""
-    if key == 'pressure_GPa':
-        if value is None:
-            return None
-        if not _is_number(value):
-            return 'the pressure must be a number of GPa (or null for NVT)'
-        if abs(value) > MAX_PRESSURE_GPA:
-            return f'|p| above {MAX_PRESSURE_GPA:g} GPa is beyond any material; is it in Pa or bar instead of GPa?'
-        return None
-    if not _is_number(value):
-        return 'not a finite number'
-    if key == 'temperature_K':
-        return None if value > 0 else 'the MD temperature must be positive (K)'
-    if value < 1 or value != int(value):
-        return 'must be a whole number >= 1'
     return None
 
 
@@ -235,6 +166,7 @@ class ActiveLearningWorkChain(WorkChain):
                 cls.explore,
                 cls.inspect_explore,
                 cls.select,
+                cls.decide,
                 if_(cls.should_label)(cls.label, cls.inspect_label),
                 cls.finish_round,
             ),
@@ -360,229 +292,75 @@ class ActiveLearningWorkChain(WorkChain):
 
     # ------------------------------------------------------------------ input validation
     def validate_inputs(self):
-        """Check the content of the inputs before any job runs; fail with the exit code of the first problem."""
-        for check in (
-            self._check_settings,
-            self._check_md_settings,
-            self._check_datasets,
-            self._check_potential,
-            self._check_species,
-            self._check_pseudo_family,
-            self._check_geometry,
-        ):
-            exit_code = check()
-            if exit_code is not None:
-                self.report(f'input rejected before any job ran: {exit_code.message}')
-                return exit_code
-        return None
+        """Check the content of the inputs before any job runs (:mod:`aiida_alkit.workflows.validation`); fail with
+        the exit code of the first problem."""
+        problem = campaign_problem(self._campaign_inputs())
+        if problem is None:
+            return None
+        exit_code = self.exit_codes[problem.exit_code].format(**problem.values)
+        self.report(f'input rejected before any job ran: {exit_code.message}')
+        return exit_code
 
     def _datasets(self) -> list[tuple[str, DatasetData]]:
         """(input name, node) of every configuration set given."""
         names = ('initial_dataset', 'initial_structures', 'seeds', 'test_dataset')
         return [(name, self.inputs[name]) for name in names if name in self.inputs]
 
-    def _check_settings(self) -> ExitCode | None:
-        """Strategy, selection method, campaign scalars and train parameters."""
-        strategy = self.inputs.strategy.value
-        if strategy not in STRATEGIES:
-            return self.exit_codes.ERROR_UNKNOWN_STRATEGY.format(strategy=strategy, choices=', '.join(STRATEGIES))
-        for key, (valid, reason) in SETTING_RULES.items():
-            if key in self.inputs and not valid(self.inputs[key].value):  # NaN fails every rule
-                return self.exit_codes.ERROR_INVALID_CAMPAIGN_SETTING.format(
-                    key=key, value=self.inputs[key].value, reason=reason
-                )
-        method = self.inputs.select.parameters.get_dict().get('method')
-        if not isinstance(method, str) or method.lower() not in METHODS:
-            return self.exit_codes.ERROR_UNKNOWN_SELECTION_METHOD.format(method=method, choices=', '.join(METHODS))
-        message = validate_train_parameters(self.inputs.train.parameters.get_dict())
-        if message:
-            return self.exit_codes.ERROR_INVALID_TRAIN_PARAMETERS.format(message=message)
-        return None
+    def _campaign_inputs(self) -> CampaignInputs:
+        """The plain content of the inputs that the checks read."""
+        settings = {key: self.inputs[key].value for key in SETTING_RULES if key in self.inputs}
+        return CampaignInputs(
+            strategy=self.inputs.strategy.value,
+            settings=settings,
+            schedule=self.inputs.schedule.get_dict(),
+            train=self.inputs.train.parameters.get_dict(),
+            explore=self.inputs.explore.parameters.get_dict(),
+            select=self.inputs.select.parameters.get_dict(),
+            seed=self.inputs.seed.value,
+            datasets={
+                name: DatasetContent(len(node), tuple(node.labels), tuple(node.species), lambda node=node: node.arrays)
+                for name, node in self._datasets()
+            },
+            potential=self._initial_potential(),
+            pseudo_elements=self._pseudo_elements(),
+        )
 
-    def _check_md_settings(self) -> ExitCode | None:
-        """The schedule and the explore parameters of every distinct round, then the batch size against the pool."""
-        schedule = self.inputs.schedule.get_dict()
-        unknown = sorted(set(schedule) - set(SCHEDULE_KEYS))
-        if unknown:
-            return self.exit_codes.ERROR_INVALID_MD_SETTING.format(
-                key='schedule', value=unknown, where='schedule', reason=f'unknown keys; use {", ".join(SCHEDULE_KEYS)}'
-            )
-        for key, values in schedule.items():
-            if not isinstance(values, (list, tuple)):
-                return self.exit_codes.ERROR_INVALID_MD_SETTING.format(
-                    key=f'schedule.{key}', value=values, where='schedule', reason='must be a list, one value per round'
-                )
-        explore = self.inputs.explore.parameters.get_dict()
-        # rounds after the longest schedule list repeat its last values: checking the distinct ones is enough
-        longest = max([len(values) for values in schedule.values()] + [1])
-        rounds = range(1, min(self.inputs.max_rounds.value, longest) + 1)
-        for round_index in rounds:
-            for key, schedule_key in SCHEDULED_SETTINGS.items():
-                value = scheduled_value(schedule, schedule_key, round_index, explore.get(key, EXPLORE_DEFAULTS[key]))
-                reason = _md_setting_problem(key, value)
-                if reason:
-                    where = (
-                        f'round {round_index} of schedule.{schedule_key}'
-                        if schedule.get(schedule_key)
-                        else 'explore.parameters'
-                    )
-                    return self.exit_codes.ERROR_INVALID_MD_SETTING.format(
-                        key=key, value=value, where=where, reason=reason
-                    )
-        capacities = []
-        committee = self.inputs.train.parameters.get_dict().get('committee_size', 1) > 1
-        for round_index in rounds:
-            parameters = round_explore_parameters(explore, schedule, round_index, self.inputs.seed.value)
-            message = validate_explore_parameters(parameters)
-            if not message and (parameters.get('bias') or {}).get('kind') == 'committee' and not committee:
-                message = 'bias.kind "committee" needs a committee potential (train.parameters.committee_size > 1)'
-            if message:
-                return self.exit_codes.ERROR_INVALID_EXPLORE_PARAMETERS.format(round=round_index, message=message)
-            sample_every = parameters.get('sample_every', EXPLORE_DEFAULTS['sample_every'])
-            capacities.append(max_pool_size(parameters['walkers'], parameters['steps'], sample_every))
-        batch_size = self.inputs.select.parameters.get_dict().get('batch_size', DEFAULT_BATCH_SIZE)
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            return self.exit_codes.ERROR_INVALID_BATCH_SIZE.format(
-                batch_size=batch_size, reason='it must be a whole number >= 1'
-            )
-        largest = max(capacities)
-        if batch_size > largest:
-            best = rounds[capacities.index(largest)]
-            return self.exit_codes.ERROR_INVALID_BATCH_SIZE.format(
-                batch_size=batch_size,
-                reason=f'no round can explore that many candidates: at most {largest} (walkers x (steps // '
-                f'sample_every + 1), round {best})',
-            )
-        return None
-
-    def _check_datasets(self) -> ExitCode | None:
-        """No empty set; labels where the campaign needs them."""
-        for name, node in self._datasets():
-            if len(node) == 0:
-                return self.exit_codes.ERROR_EMPTY_DATASET.format(name=name)
-        needed = {'initial_dataset': ('energy', 'forces'), 'test_dataset': ('energy',)}
-        if 'target_force_rmse' in self.inputs:
-            needed['test_dataset'] = ('energy', 'forces')
-        reasons = {
-            'initial_dataset': 'it is trained on and merged with force-labelled picks (pass unlabelled structures as '
-            'initial_structures to label them in round 0)',
-            'test_dataset': 'the test errors (and a target_force_rmse) are computed against them',
-        }
-        for name, node in self._datasets():
-            missing = [label for label in needed.get(name, ()) if label not in node.labels]
-            if missing:
-                return self.exit_codes.ERROR_MISSING_LABELS.format(
-                    name=name, missing=' and '.join(missing), reason=reasons[name]
-                )
-        return None
-
-    def _check_potential(self) -> ExitCode | None:
-        """``initial_potential`` loads (weights_only) and matches the committee setting; its species go to the ctx."""
-        self.ctx.potential_species = None
+    def _initial_potential(self) -> tuple[int, dict] | Problem | None:
+        """(pk, hyper-parameters) of ``initial_potential`` loaded with weights_only, or the problem of loading it."""
         if 'initial_potential' not in self.inputs:
             return None
         node = self.inputs.initial_potential
         try:
             content = node.load()
         except (PotentialFileError, OSError) as exc:
-            return self.exit_codes.ERROR_INVALID_POTENTIAL.format(pk=node.pk, message=str(exc).rstrip('.'))
-        kind = content.hyperparameters['model_kind']
-        committee_size = self.inputs.train.parameters.get_dict().get('committee_size', 1)
-        if (kind == 'gmnn-committee') != (committee_size > 1):
-            return self.exit_codes.ERROR_INVALID_POTENTIAL.format(
-                pk=node.pk,
-                message=f'a {kind!r} potential cannot warm-start training with committee_size = {committee_size}',
-            )
-        self.ctx.potential_species = list(content.hyperparameters['species'])
-        return None
+            return Problem('ERROR_INVALID_POTENTIAL', {'pk': node.pk, 'message': str(exc).rstrip('.')})
+        return node.pk, dict(content.hyperparameters)
 
-    def _check_species(self) -> ExitCode | None:
-        """Every set's species are known to the potential: ``train.parameters.model.species``, the initial potential,
-        or else the species of the initial set (what a fresh model is built with)."""
-        datasets = self._datasets()
-        sources = []
-        model_species = (self.inputs.train.parameters.get_dict().get('model') or {}).get('species')
-        if model_species:
-            sources.append(('train.parameters.model.species', list(model_species)))
-        if self.ctx.potential_species is not None:
-            sources.append(
-                (f'initial_potential PotentialData<{self.inputs.initial_potential.pk}>', self.ctx.potential_species)
-            )
-        if not sources:
-            name, node = datasets[0]
-            sources.append((f'built from the species of {name}', node.species))
-        for source, known in sources:
-            for name, node in datasets:
-                missing = sorted(set(node.species) - set(known))
-                if missing:
-                    return self.exit_codes.ERROR_SPECIES_NOT_COVERED.format(
-                        species=sorted(known), source=source, name=name, missing=missing
-                    )
-        return None
-
-    def _check_pseudo_family(self) -> ExitCode | None:
-        """With the pw label engine: the family exists, recommends cutoffs and covers every element of every set."""
+    def _pseudo_elements(self) -> tuple[str, list[str]] | Problem | None:
+        """With the pw label engine: (family, its elements) of a family that recommends cutoffs, or its problem."""
         if self.inputs.label.engine.value != 'pw':
             return None
         from aiida.common.exceptions import MultipleObjectsError, NotExistent
         from aiida_pseudo.groups.family import PseudoPotentialFamily
 
         label = self.inputs.label.pw.pseudo_family.value
+        reason = None
         try:
             family = orm.load_group(label)
         except (NotExistent, MultipleObjectsError) as exc:
-            return self.exit_codes.ERROR_INVALID_PSEUDO_FAMILY.format(family=label, reason=f'no such group ({exc})')
+            return Problem('ERROR_INVALID_PSEUDO_FAMILY', {'family': label, 'reason': f'no such group ({exc})'})
         if not isinstance(family, PseudoPotentialFamily):
-            return self.exit_codes.ERROR_INVALID_PSEUDO_FAMILY.format(
-                family=label, reason=f'the group is a {type(family).__name__}, not an aiida-pseudo family'
-            )
-        if not hasattr(family, 'get_recommended_cutoffs'):
-            return self.exit_codes.ERROR_INVALID_PSEUDO_FAMILY.format(
-                family=label, reason='it recommends no cutoffs (the pw protocols need a cutoffs family)'
-            )
-        elements = set(family.elements)
-        for name, node in self._datasets():
-            missing = sorted(set(node.species) - elements)
-            if missing:
-                return self.exit_codes.ERROR_PSEUDOS_NOT_COVERED.format(family=label, missing=missing, name=name)
-        return None
-
-    def _check_geometry(self) -> ExitCode | None:
-        """Physical volume per atom in fully periodic cells (Å³), then no two atoms closer than the minimum (Å)."""
-        from aiida_alkit.io.geometry import min_interatomic_distances
-
-        low, high = VOLUME_PER_ATOM_RANGE
-        for name, node in self._datasets():
-            arrays = node.arrays
-            periodic = arrays.pbc.all(axis=1)
-            volume = np.abs(np.linalg.det(arrays.cells)) / np.maximum(arrays.sizes, 1)
-            bad = np.flatnonzero(periodic & ((volume < low) | (volume > high)))
-            if bad.size:
-                index = int(bad[0])
-                return self.exit_codes.ERROR_UNPHYSICAL_DENSITY.format(
-                    index=index,
-                    name=name,
-                    volume=volume[index],
-                    density=1.0 / volume[index] if volume[index] > 0 else math.inf,
-                    low=low,
-                    high=high,
-                )
-            distances = min_interatomic_distances(
-                arrays.positions, arrays.cells, arrays.pbc, arrays.offsets, cutoff=MIN_INTERATOMIC_DISTANCE
-            )
-            close = np.flatnonzero(distances < MIN_INTERATOMIC_DISTANCE)
-            if close.size:
-                index = int(close[0])
-                return self.exit_codes.ERROR_OVERLAPPING_ATOMS.format(
-                    index=index, name=name, distance=distances[index], minimum=MIN_INTERATOMIC_DISTANCE
-                )
-        return None
+            reason = f'the group is a {type(family).__name__}, not an aiida-pseudo family'
+        elif not hasattr(family, 'get_recommended_cutoffs'):
+            reason = 'it recommends no cutoffs (the pw protocols need a cutoffs family)'
+        if reason:
+            return Problem('ERROR_INVALID_PSEUDO_FAMILY', {'family': label, 'reason': reason})
+        return label, list(family.elements)
 
     # ------------------------------------------------------------------ steps
     def setup(self):
         self.ctx.round = 0
         self.ctx.report_sources = {}  # round_<k>_<what> -> node: what the report is computed from
-        self.ctx.stage_converged_rounds = []  # rounds that finished an exploration stage (a campaign decision)
         self.ctx.n_labelled = 0
         self.ctx.converged = False
         self.ctx.stop_reason = ''
@@ -745,7 +523,7 @@ class ActiveLearningWorkChain(WorkChain):
         return None
 
     def select(self):
-        """Select from (and classify) the pool; check convergence. Converged rounds still report their counts."""
+        """Select from (and classify) the pool; the counts of converged rounds are reported too."""
         outputs = select_candidates(
             self.ctx.pool,
             self.ctx.scores,
@@ -758,44 +536,40 @@ class ActiveLearningWorkChain(WorkChain):
         counts = {key: selection.base.attributes.get(key) for key in ('n_accurate', 'n_candidate', 'n_failed')}
         self.ctx.current.update(counts)
         self.ctx.current['selected'] = len(self.ctx.picks)
-        explored = max(1, self.ctx.current['explored'])
-        accurate = counts['n_accurate'] / explored
-        self.ctx.current['accurate_fraction'] = accurate
-        self.ctx.stage_done = False
-        stage_converged = accurate >= self.inputs.accurate_fraction.value or not self.ctx.picks
-        if 'target_force_rmse' in self.inputs and self._test_force_rmse() < self.inputs.target_force_rmse.value:
-            self.ctx.converged = True
-            self.ctx.stop_reason = 'test-set force RMSE below the target'
-        elif stage_converged and self.ctx.round < self._schedule_length():
-            # DP-GEN's stages: this exploration condition is learnt, move on to the next scheduled one unlabelled
-            self.ctx.stage_done = True
-            self.ctx.current['stage_converged'] = True
-            self.ctx.stage_converged_rounds.append(self.ctx.round)
-            self.report(
-                f'round {self.ctx.round}: {accurate:.0%} accurate, {len(self.ctx.picks)} picks at this stage; '
-                'moving on to the next scheduled exploration without labelling'
-            )
-        elif accurate >= self.inputs.accurate_fraction.value:
-            self.ctx.converged = True
-            self.ctx.stop_reason = f'{accurate:.0%} of the explored candidates are accurate'
-        elif not self.ctx.picks:
-            self.ctx.converged = True
-            self.ctx.stop_reason = 'nothing left to select'
         self.report(
             f'round {self.ctx.round}: selected {len(self.ctx.picks)} of {self.ctx.current["explored"]} candidates '
             f'(accurate {counts["n_accurate"]}, candidate {counts["n_candidate"]}, failed {counts["n_failed"]})'
         )
 
+    def decide(self):
+        """Has the campaign converged, or this exploration stage? Decided by the ``campaign_convergence``
+        calcfunction from the round's selection, pool and potential (rules in :mod:`~aiida_alkit.workflows.convergence`)."""
+        optional = {}
+        if 'target_force_rmse' in self.inputs:
+            optional = {'potential': self.ctx.potential, 'target_force_rmse': self.inputs.target_force_rmse}
+        decision = campaign_convergence(
+            self.ctx.report_sources[self._source_key('selection')],
+            self.ctx.pool,
+            orm.Int(self.ctx.round),
+            orm.Int(schedule_length(self.ctx.schedule)),
+            self.inputs.accurate_fraction,
+            **optional,
+        )
+        self._source('convergence', decision)
+        self.ctx.decision = decision.get_dict()
+        if self.ctx.decision['converged']:
+            self.ctx.converged = True
+            self.ctx.stop_reason = self.ctx.decision['reason']
+        elif self.ctx.decision['stage_done']:  # DP-GEN's stages: move on to the next scheduled exploration
+            self.report(
+                f'round {self.ctx.round}: {self.ctx.decision["accurate_fraction"]:.0%} accurate, '
+                f'{len(self.ctx.picks)} picks at this stage; moving on to the next scheduled exploration without '
+                'labelling'
+            )
+
     def should_label(self) -> bool:
-        return not self.ctx.converged and not self.ctx.stage_done
-
-    def _schedule_length(self) -> int:
-        """Number of distinct exploration stages in the schedule (the longest list; 1 without a schedule)."""
-        lengths = [len(values) for values in self.ctx.schedule.values() if isinstance(values, list)]
-        return max(lengths, default=1)
-
-    def _test_force_rmse(self) -> float:
-        return self.ctx.potential.metrics.get('test_forces_rmse_ev_per_ang', float('inf'))
+        """Label the picks unless the campaign converged or the round finished its exploration stage."""
+        return not self.ctx.decision['converged'] and not self.ctx.decision['stage_done']
 
     def label(self):
         inputs = self._label_inputs(dict(self.ctx.picks))
@@ -837,11 +611,14 @@ class ActiveLearningWorkChain(WorkChain):
             self.ctx.stop_reason = f'label budget of {self.inputs.label_budget.value} spent'
         return None
 
-    def _source(self, what: str, node: orm.Data) -> None:
-        """Keep ``node`` as one of the nodes this round's report row is computed from (``campaign_report``)."""
+    def _source_key(self, what: str) -> str:
         from aiida_alkit.workflows.provenance import report_source
 
-        self.ctx.report_sources[report_source(self.ctx.round, what)] = node
+        return report_source(self.ctx.round, what)
+
+    def _source(self, what: str, node: orm.Data) -> None:
+        """Keep ``node`` as one of the nodes this round's report row is computed from (``campaign_report``)."""
+        self.ctx.report_sources[self._source_key(what)] = node
 
     def finish_round(self):
         current = self.ctx.current
@@ -860,12 +637,7 @@ class ActiveLearningWorkChain(WorkChain):
         self.out('potential', self.ctx.potential)
         self.out('dataset', self.ctx.dataset)
         # built by a calcfunction from the nodes of every round, so the graph shows what the report was computed from
-        from aiida_alkit.workflows.provenance import report_source
-
-        sources = dict(self.ctx.report_sources)
-        for number in self.ctx.stage_converged_rounds:
-            sources[report_source(number, 'stage_converged')] = orm.Bool(True)
-        self.out('report', campaign_report(orm.Str(self.ctx.stop_reason), **sources))
+        self.out('report', campaign_report(orm.Str(self.ctx.stop_reason), **self.ctx.report_sources))
 
 
 def _wrap_label_inputs(label: Mapping[str, Any]) -> dict:

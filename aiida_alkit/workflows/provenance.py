@@ -46,10 +46,10 @@ _CALL_LINKS = (LinkType.CALL_CALC, LinkType.CALL_WORK)
 _STRUCTURES_PREFIX = 'structures__'
 #: What a report row is computed from, per round: the training set and the potential of ``train_round_k``, the
 #: explore parameters, pool and stop record of ``explore_round_k``, the ``selection`` of ``select_candidates``,
-#: whether the round finished an exploration stage (the campaign's decision, a Bool), the labelled set and the
+#: the campaign's decision after it (``campaign_convergence``: converged, stage finished), the labelled set and the
 #: failure record of ``label_round_k`` and the training set at the end of the round.
 REPORT_SOURCES = (
-    'trained_on', 'potential', 'explore_parameters', 'pool', 'stops', 'selection', 'stage_converged', 'labelled',
+    'trained_on', 'potential', 'explore_parameters', 'pool', 'stops', 'selection', 'convergence', 'labelled',
     'failures', 'dataset',
 )  # fmt: skip
 _SOURCE_KEY = re.compile(r'^round_(\d+)_(' + '|'.join(REPORT_SOURCES) + r')$')
@@ -102,8 +102,8 @@ def report_rows(sources: dict[str, Any]) -> list[dict[str, Any]]:
                 row[key] = attributes.get(key, None)
             row['selected'] = attributes.get('n_selected', None)
             row['accurate_fraction'] = (row['n_accurate'] or 0) / max(1, row.get('explored', 0))
-        if 'stage_converged' in found:
-            row['stage_converged'] = bool(found['stage_converged'].value)
+        if 'convergence' in found:
+            row['stage_converged'] = bool(found['convergence'].get_dict()['stage_done'])
         if 'failures' in found:
             failures = found['failures']
             row['labelled'] = len(found['labelled']) if 'labelled' in found else 0
@@ -385,7 +385,7 @@ def campaign_rounds(campaign: orm.ProcessNode, rebuild: bool = False) -> list[di
     A finished campaign's ``report`` (built by the ``campaign_report`` calcfunction) is read as it is; otherwise, or
     with ``rebuild``, the same rows are computed from the processes the campaign called so far (a running campaign,
     or one whose report predates that calcfunction): a key is missing while the step that produces it has not
-    finished, and ``stage_converged``, a decision of the running campaign, is only in the report.
+    finished.
     """
     report = _output(campaign, 'report')
     built = report is not None and report.creator is not None and report.creator.process_label == 'campaign_report'
@@ -417,7 +417,10 @@ def campaign_rounds(campaign: orm.ProcessNode, rebuild: bool = False) -> list[di
                 continue
             add(number, 'pool', pool)
             add(number, 'stops', _output(node, 'stops'))
-            add(number, 'selection', _selection_of_pool(pool))
+            selection = _calcfunction_output(pool, 'select_candidates', 'selection')
+            add(number, 'selection', selection)
+            if selection is not None:
+                add(number, 'convergence', _calcfunction_output(selection, 'campaign_convergence', 'result'))
         elif link_label.startswith('label_') and node.is_terminated:
             failures = _output(node, 'failures')
             add(number, 'failures', failures if failures is not None else len(_label_picks(node)))
@@ -434,15 +437,15 @@ def campaign_rounds(campaign: orm.ProcessNode, rebuild: bool = False) -> list[di
     return [rows.get(number, {'round': number}) for number in ordered]
 
 
-def _selection_of_pool(pool: orm.Data) -> orm.ArrayData | None:
-    """The ``selection`` output of the ``select_candidates`` call that took ``pool``."""
+def _calcfunction_output(node: orm.Data, process_label: str, link_label: str) -> orm.Data | None:
+    """The ``link_label`` output of the ``process_label`` calcfunction that took ``node`` as an input."""
     query = orm.QueryBuilder()
-    query.append(orm.Data, filters={'id': pool.pk}, tag='pool')
+    query.append(orm.Data, filters={'id': node.pk}, tag='input')
     query.append(
         orm.CalcFunctionNode,
-        with_incoming='pool',
-        filters={'attributes.process_label': 'select_candidates'},
-        tag='select',
+        with_incoming='input',
+        filters={'attributes.process_label': process_label},
+        tag='function',
     )
-    query.append(orm.ArrayData, with_incoming='select', edge_filters={'label': 'selection'}, project='*')
+    query.append(orm.Data, with_incoming='function', edge_filters={'label': link_label}, project='*')
     return query.first(flat=True)

@@ -200,6 +200,13 @@ def test_accurate_stage_moves_on_to_the_next_scheduled_one(alkit_python_code):
     rounds = results['report']['rounds']
     assert [(entry['round'], entry['temperature_K']) for entry in rounds] == [(1, 300), (2, 600)]
     assert rounds[0]['stage_converged'] and rounds[0]['accurate_fraction'] == 1.0
+    assert rounds[1]['stage_converged'] is False
+    decisions = [
+        call.outputs.result.get_dict()
+        for call in node.called
+        if call.process_label == 'campaign_convergence'
+    ]  # fmt: skip
+    assert [(entry['converged'], entry['stage_done']) for entry in decisions] == [(False, True), (True, False)]
     assert 'labelled' not in rounds[0]
     assert results['report']['stop_reason'] == '100% of the explored candidates are accurate'
     labels = [link.link_label for link in node.base.links.get_outgoing().all() if link.link_label.startswith('label')]

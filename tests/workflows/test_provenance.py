@@ -207,6 +207,10 @@ def test_report_is_computed_by_a_calcfunction_from_the_rounds_nodes(campaign):
         assert potential.pk == _called(campaign, f'train_round_{number}').outputs.potential.pk
         assert inputs[f'round_{number}_pool'].pk == _called(campaign, f'explore_round_{number}').outputs.pool.pk
         assert inputs[f'round_{number}_selection'].creator.process_label == 'select_candidates'
+        decision = inputs[f'round_{number}_convergence']  # the campaign's decision, computed from the selection
+        assert decision.creator.process_label == 'campaign_convergence'
+        assert decision.creator.inputs.selection.pk == inputs[f'round_{number}_selection'].pk
+        assert decision['stage_done'] is report['rounds'][number - 1]['stage_converged'] is False
         assert len(inputs[f'round_{number}_trained_on']) == report['rounds'][number - 1]['trained_on']
         assert len(inputs[f'round_{number}_dataset']) == report['rounds'][number - 1]['dataset_size']
     assert inputs['round_2_dataset'].pk == campaign.outputs.dataset.pk
