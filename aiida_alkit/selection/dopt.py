@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from aiida_alkit.selection.greedy import SelectionResult, _check_batch_size
+from aiida_alkit.selection.result import SelectionResult, check_batch_size
 from aiida_alkit.uncertainty.doptimal import DEFAULT_GAMMA_SELECT, ActiveSet
 
 __all__ = ['max_vol']
@@ -25,7 +25,7 @@ def max_vol(
     train = np.asarray(train_features, dtype=np.float64)
     if pool.ndim != 2 or train.ndim != 2 or pool.shape[1] != train.shape[1]:
         raise ValueError(f'pool and training features must be 2-d with equal widths, got {pool.shape}, {train.shape}')
-    batch_size = _check_batch_size(batch_size, pool.shape[0])
+    batch_size = check_batch_size(batch_size, pool.shape[0])
     active = ActiveSet(gamma_select=gamma_select, gamma_break=max(gamma_select, 10.0)).fit(train)
     gamma = np.atleast_1d(active.extrapolation_grade(pool))
     candidates = np.flatnonzero(gamma > gamma_select)

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from aiida_alkit.selection.dopt import max_vol
+from aiida_alkit.selection.result import SelectionResult
+from aiida_alkit.selection.result import check_batch_size as _check_batch_size
 
 __all__ = [
     'SelectionResult',
@@ -43,24 +46,6 @@ ArrayLike = np.ndarray | torch.Tensor
 
 #: Number of matrix elements processed per block in the chunked matrix products.
 _BLOCK_ELEMENTS = 1 << 22
-
-
-@dataclass(frozen=True)
-class SelectionResult:
-    """Outcome of a batch selection.
-
-    ``indices`` are pool indices in pick order (int64), ``gains`` the score of each pick at the time it was made
-    (float64, same length), ``method`` the selection method name. ``status`` is ``None`` unless the greedy criterion
-    ran out (e.g. MaxDet beyond the feature rank) and the batch was completed by a documented fallback.
-    """
-
-    indices: np.ndarray
-    gains: np.ndarray
-    method: str
-    status: str | None = None
-
-    def __len__(self) -> int:
-        return int(self.indices.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -82,17 +67,6 @@ def _to_tensor(array: Any, name: str) -> torch.Tensor:
 
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
-
-
-def _check_batch_size(batch_size: int, n_pool: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise ValueError(f'batch_size must be an integer, got {batch_size!r}')
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f'batch_size must be at least 1, got {batch_size}')
-    if batch_size > n_pool:
-        raise ValueError(f'batch_size={batch_size} exceeds the number of pool points ({n_pool})')
-    return batch_size
 
 
 def _prepare(
@@ -543,8 +517,6 @@ def select_batch(
     if key == 'lcmd':
         return lcmd(pool_features, train_features, batch_size, **kwargs)
     if key == 'maxvol':
-        from aiida_alkit.selection.dopt import max_vol
-
         return max_vol(pool_features, train_features, batch_size, **kwargs)
     raise ValueError(
         f"unknown selection method {method!r}; expected 'maxdiag', 'maxdet', 'maxdist', 'lcmd' or 'maxvol'"
