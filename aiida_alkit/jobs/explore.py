@@ -2,40 +2,14 @@
 
 Reads ``potential.pt`` (a GM-NN or a committee), ``seeds.npz`` (starting structures), optionally ``training.npz``
 (the training set: gradient features for selection, the minimum interatomic distance for the unphysical-frame
-check) and ``parameters.json``::
+check) and ``parameters.json``, e.g.::
 
-    {"walkers": 4, "steps": 200, "timestep_fs": 2.0, "temperature_K": 300.0, "friction_per_fs": 0.01,
-     "pressure_GPa": null,                       # a number: NPT (barostat below), and volume/cell MC moves
-     "sample_every": 10, "seed": 0,
-     "bias": {"kind": "none" | "committee" | "gradient" | "hal", "tau": 0.0, "relative_tau": null,
-              "stress_tau": 0.0,            # constant τ_s of the bias stress (NPT; seed 003 eq. 7)
-              "relative_stress_tau": null,  # adaptive τ_s: bias-stress norm ≈ this × stress norm (seed 003 eq. 8)
-              "burn_in_steps": 100,         # steps with τ = τ_s = 0 before the adaptive strengths act (seed 002)
-              "species_strength": {}, "dim": 256},
-     "barostat": {"kind": "stochastic",    # NPT: Bernetti-Bussi stochastic cell rescaling, or "berendsen"
-                  "tau_fs": 1000.0,         # τ_P, fs (seed 003: 1 ps)
-                  "compressibility_per_GPa": null,  # β_T, 1/GPa; null: each walker's from the model's E(V)
-                                                    # curvature at its start (clipped to 1e-3..1; else 0.01)
-                  "anisotropic": false},    # berendsen only: scale with the full pressure tensor
-     "monte_carlo": null,                   # HAL's MC on E_bias (seed 002): {"every": 10 (MD steps),
-                                            #   "swap": 1, "volume": 0, "cell": 1 (attempts per walker and round),
-                                            #   "max_log_volume_change": 0.02, "cell_strain": 0.01}; swaps need two
-                                            #   elements, volume and cell moves pressure_GPa; [accepted, attempted]
-                                            #   per kind in results.json "mc_acceptance"
-     "stop": {"max_force": 20.0, "min_distance_fraction": 0.75,   # eV/Å; unphysical frames
-              "uncertainty": null,        # eV/Å: committee force deviation, or the calibrated gradient-feature
-                                          # atom uncertainty of a single model (seed 003), above which a walker stops
-              "calibration_alpha": 0.1,   # conformal miscoverage of that calibration
-              "hal": null,                # {"s_tol": 0.5, "f_tol": null}: HAL's stop (seed 002 eq. 6-8), bias hal
-              "gamma_break": null,        # D-optimality extrapolation grade above which a walker stops (seed 004)
-              "check_every": 1},          # MD steps between two gamma evaluations
-     "features": {"kind": "sketch", "dim": 512,   # null: no gradient features
-                  "normalise_per_atom": true},    # structure features: per-atom means (seed 003) or sums (seed 001)
-     "kpu": {"fraction": 0.5},                    # when the potential carries RLEKF P blocks
-     "device": "auto", "num_threads": null,
-     "neighbor_skin_A": 1.0}                      # Verlet skin, Å: neighbour lists rebuilt only when an atom may have
-                                                  # moved > skin/2 (cell changes included); 0: every step. results.json
-                                                  # "neighbor_lists": walker lists rebuilt / needed
+    {"walkers": 4, "steps": 200, "temperature_K": 300.0, "pressure_GPa": null, "sample_every": 10,
+     "bias": {"kind": "gradient", "relative_tau": 0.2}, "stop": {"uncertainty": 1.5},
+     "features": {"kind": "sketch", "dim": 512}}
+
+Every key, its default, unit and allowed values: :class:`~aiida_alkit.jobs.explore_parameters.ExploreParameters`
+(the one definition, also used by the CalcJob's validator and the campaign's checks).
 
 Writes ``pool.npz`` (the candidates: frames every ``sample_every`` steps plus each walker's stop frame, with walker,
 step, temperature, pressure, volume, model energy and uncertainties in ``info``), ``scores.npz`` (per-candidate
@@ -60,6 +34,13 @@ import numpy as np
 
 from aiida_alkit.io.arrays import ConfigurationArrays
 from aiida_alkit.jobs.common import configure_threads, progress, run_job
+from aiida_alkit.jobs.explore_parameters import (
+    BarostatParameters,
+    BiasParameters,
+    ExploreParameters,
+    MonteCarloParameters,
+    StopParameters,
+)
 
 __all__ = [
     'POOL_FILE',
@@ -132,61 +113,60 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     threads = configure_threads(parameters)
     if threads is not None:
         progress(f'torch threads: {threads}')
-    device = _device(parameters.get('device', 'auto'))
+    settings = ExploreParameters.from_dict(parameters, runtime=True)
+    device = _device(settings.device)
     model = load_model(folder / POTENTIAL_FILE, device)
     members = list(getattr(model, 'members', [model]))
     seeds = ConfigurationArrays.load(folder / SEEDS_FILE)
     train = ConfigurationArrays.load(folder / TRAINING_FILE) if (folder / TRAINING_FILE).is_file() else None
-    rng = np.random.default_rng(int(parameters.get('seed', 0)))
-    n_walkers = int(parameters.get('walkers', 4))
+    rng = np.random.default_rng(settings.seed)
+    n_walkers = settings.walkers
     starts = [seeds.get_atoms(int(i)) for i in rng.permutation(np.resize(np.arange(len(seeds)), n_walkers))]
     for atoms in starts:
         atoms.calc = None
 
-    bias = dict(parameters.get('bias') or {})
-    kind = bias.get('kind', 'none')
+    bias, stop = settings.bias, settings.stop
+    kind = bias.kind
     strength, stress_strength = _bias_strengths(bias)
-    pressure = parameters.get('pressure_GPa')
-    stop = dict(parameters.get('stop') or {})
+    pressure = settings.pressure_GPa
     timer.lap('load')
-    calibration = _atom_calibration(members, kind, bias, stop, train, parameters)
-    criteria, term = _stop_criteria(stop, kind, bias, members, train, calibration)
+    calibration = _atom_calibration(members, settings, train)
+    criteria, term = _stop_criteria(stop, bias, members, train, calibration)
     timer.lap('calibration')
     potential = BiasedPotential(
         model if len(members) > 1 else members[0],
         term=term,
         strength=strength if term is not None else 0.0,
         stress_strength=stress_strength if term is not None else 0.0,
-        species_strength=bias.get('species_strength') or None,
+        species_strength=bias.species_strength,
         compute_stress=pressure is not None,
-        neighbor_skin=float(parameters.get('neighbor_skin_A', 1.0)),
+        neighbor_skin=settings.neighbor_skin_A,
     )
     physical = PhysicalLimits(
-        max_force=float(stop.get('max_force', 20.0)),
+        max_force=stop.max_force,
         training_min_distance=_training_min_distance(train),
-        min_distance_fraction=float(stop.get('min_distance_fraction', 0.75)),
+        min_distance_fraction=stop.min_distance_fraction,
     )
-    pool = CandidatePool(interval=int(parameters.get('sample_every', 10)))
+    pool = CandidatePool(interval=settings.sample_every)
     progress(
-        f'exploring with {n_walkers} walkers for up to {parameters.get("steps", 200)} steps at '
-        f'{parameters.get("temperature_K", 300.0)} K'
+        f'exploring with {n_walkers} walkers for up to {settings.steps} steps at {settings.temperature_K} K'
         + (f', {pressure} GPa' if pressure is not None else '')
         + f', bias {kind}'
     )
     md = BatchedMD(
         potential,
         starts,
-        timestep=float(parameters.get('timestep_fs', 2.0)),
-        temperature=float(parameters.get('temperature_K', 300.0)),
-        friction=float(parameters.get('friction_per_fs', 0.01)),
-        n_steps=int(parameters.get('steps', 200)),
+        timestep=settings.timestep_fs,
+        temperature=settings.temperature_K,
+        friction=settings.friction_per_fs,
+        n_steps=settings.steps,
         criteria=criteria,
         physical=physical,
-        barostat=_barostat(parameters, potential, starts) if pressure is not None else None,
+        barostat=_barostat(settings.barostat, potential, starts) if pressure is not None else None,
         pressure=pressure,
-        monte_carlo=_monte_carlo(parameters, starts, pressure),
+        monte_carlo=_monte_carlo(settings.monte_carlo, starts, pressure),
         pool=pool,
-        seed=int(parameters.get('seed', 0)),
+        seed=settings.seed,
     )
     result = md.run()
     timer.lap('md')
@@ -201,7 +181,7 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
         return {'status': 'empty', 'error_message': 'no candidate frame was recorded', 'stop_counts': reasons}
     arrays = pool.to_arrays()
     arrays.save(folder / POOL_FILE)
-    scores = _scores(model, members, arrays, train, parameters, folder, calibration)
+    scores = _scores(model, members, arrays, train, settings, folder, calibration)
     np.savez(folder / SCORES_FILE, **scores)
     timer.lap('scores')
     progress(f'{len(arrays)} candidates; walker stops: {reasons}')
@@ -233,24 +213,20 @@ class _StageTimer:
         self._last = now
 
 
-def _bias_strengths(bias: dict[str, Any]) -> tuple[Any, Any]:
+def _bias_strengths(bias: BiasParameters) -> tuple[Any, Any]:
     """τ of the bias forces and τ_s of the bias stress: adaptive (seed 002 eq. 12, seed 003 eq. 8: "an equivalent
     expression is applied for bias stresses") from ``relative_tau`` / ``relative_stress_tau``, each with its own
     history and a burn-in of ``burn_in_steps`` (default 100, as HAL) with τ = 0; else the constants ``tau`` /
     ``stress_tau``."""
-    from aiida_alkit.exploration.bias import DEFAULT_BURN_IN, AdaptiveStrength
+    from aiida_alkit.exploration.bias import AdaptiveStrength
 
-    burn_in = int(bias.get('burn_in_steps', DEFAULT_BURN_IN))
-    strengths = []
-    for relative, constant in (('relative_tau', 'tau'), ('relative_stress_tau', 'stress_tau')):
-        if bias.get(relative):
-            strengths.append(AdaptiveStrength(float(bias[relative]), burn_in=burn_in))
-        else:
-            strengths.append(float(bias.get(constant, 0.0)))
+    strengths: list[Any] = []
+    for relative, constant in ((bias.relative_tau, bias.tau), (bias.relative_stress_tau, bias.stress_tau)):
+        strengths.append(AdaptiveStrength(float(relative), burn_in=bias.burn_in_steps) if relative else constant)
     return strengths[0], strengths[1]
 
 
-def _barostat(parameters: dict[str, Any], potential, starts: list) -> Any:
+def _barostat(settings: BarostatParameters, potential, starts: list) -> Any:
     """The NPT barostat (``barostat``): stochastic cell rescaling (default) or Berendsen, τ_P ``tau_fs`` (1000 fs)
     and β_T ``compressibility_per_GPa``, by default each walker's own from the model (B = V ∂²E/∂V² at its start)."""
     from aiida_alkit.exploration.dynamics import (
@@ -260,33 +236,29 @@ def _barostat(parameters: dict[str, Any], potential, starts: list) -> Any:
         estimate_compressibility,
     )
 
-    settings = dict(parameters.get('barostat') or {})
-    tau = float(settings.get('tau_fs', 1000.0))
-    compressibility: Any = settings.get('compressibility_per_GPa')
+    tau = settings.tau_fs
+    compressibility: Any = settings.compressibility_per_GPa
     if compressibility is None:
         compressibility = estimate_compressibility(potential, WalkerSystem.from_atoms(starts))
         progress(f'barostat compressibility from the model: {np.round(compressibility, 5).tolist()} 1/GPa')
-    if settings.get('kind', 'stochastic') == 'berendsen':
-        return BerendsenBarostat(
-            tau=tau, compressibility=compressibility, anisotropic=bool(settings.get('anisotropic'))
-        )
+    if settings.kind == 'berendsen':
+        return BerendsenBarostat(tau=tau, compressibility=compressibility, anisotropic=settings.anisotropic)
     return StochasticCellRescaling(tau=tau, compressibility=compressibility)
 
 
-def _monte_carlo(parameters: dict[str, Any], starts: list, pressure: Any) -> Any:
+def _monte_carlo(settings: MonteCarloParameters | None, starts: list, pressure: Any) -> Any:
     """HAL's Monte-Carlo moves on E_bias (``monte_carlo``, seed 002), or None."""
     from aiida_alkit.exploration.dynamics import MonteCarlo
 
-    settings = parameters.get('monte_carlo')
-    if not settings:
+    if settings is None:
         return None
     monte_carlo = MonteCarlo(
-        interval=int(settings.get('every', 10)),
-        n_swap=int(settings.get('swap', 1)),
-        n_volume=int(settings.get('volume', 0)),
-        n_cell=int(settings.get('cell', 1)),
-        max_log_change=float(settings.get('max_log_volume_change', 0.02)),
-        cell_strain=float(settings.get('cell_strain', 0.01)),
+        interval=settings.every,
+        n_swap=settings.swap,
+        n_volume=settings.volume,
+        n_cell=settings.cell,
+        max_log_change=float(settings.max_log_volume_change),
+        cell_strain=float(settings.cell_strain),
     )
     skipped = []
     if monte_carlo.n_swap and all(len(set(atoms.numbers)) < 2 for atoms in starts):
@@ -298,12 +270,13 @@ def _monte_carlo(parameters: dict[str, Any], starts: list, pressure: Any) -> Any
     return monte_carlo
 
 
-def _bias_term(kind: str, bias: dict[str, Any], members: list, train: ConfigurationArrays | None):
+def _bias_term(bias: BiasParameters, members: list, train: ConfigurationArrays | None):
     """The uncertainty u of E_bias = E - τu: committee σ (seed 002 eq. 5 on a model committee), gradient-feature
     posterior (seed 003) or HAL's Bayesian-ridge σ̃ on last-layer features (seed 002; fitted on the training
     energies and, for at most ``bias.force_structures`` (50) configurations, their forces, eq. 18-19)."""
     from aiida_alkit.exploration.bias import CommitteeUncertainty
 
+    kind = bias.kind
     if kind == 'none':
         return None
     if kind == 'committee':
@@ -318,7 +291,7 @@ def _bias_term(kind: str, bias: dict[str, Any], members: list, train: Configurat
 
     model = members[0]
     if kind == 'gradient':
-        return GradientFeatureUncertainty.from_data(model, train, kind='posterior', dim=int(bias.get('dim', 256)))
+        return GradientFeatureUncertainty.from_data(model, train, kind='posterior', dim=bias.dim)
     from aiida_alkit.exploration.terms import structure_force_features
     from aiida_alkit.uncertainty.features import compute_features
     from aiida_alkit.uncertainty.hal import BayesianRidge, build_design_matrix
@@ -327,7 +300,7 @@ def _bias_term(kind: str, bias: dict[str, Any], members: list, train: Configurat
     if train.forces is None:
         design, targets = build_design_matrix(features, train.energy)
     else:  # the force rows of eq. 18-19, for at most `force_structures` configurations (d backward passes each)
-        chosen = np.arange(min(len(train), int(bias.get('force_structures', 50))))
+        chosen = np.arange(min(len(train), bias.force_structures))
         structures = [train.get_atoms(int(i)) for i in chosen]
         force_features = [structure_force_features(model, atoms)[1] for atoms in structures]
         design, targets = _hal_design(features, train, chosen, force_features, [a.get_forces() for a in structures])
@@ -335,7 +308,7 @@ def _bias_term(kind: str, bias: dict[str, Any], members: list, train: Configurat
 
 
 def _stop_criteria(
-    stop: dict[str, Any], kind: str, bias: dict[str, Any], members: list, train, calibration: AtomCalibration | None
+    stop: StopParameters, bias: BiasParameters, members: list, train, calibration: AtomCalibration | None
 ):
     """The papers' MD stop criteria (besides the physical limits) and the bias term (:func:`_bias_term`, built once).
 
@@ -350,7 +323,8 @@ def _stop_criteria(
 
     criteria: list[Any] = []
     term = None
-    threshold = stop.get('uncertainty')
+    kind = bias.kind
+    threshold = stop.uncertainty
     if threshold is not None:
         if len(members) > 1:
             criteria.append(UncertaintyThreshold(float(threshold)))
@@ -367,19 +341,19 @@ def _stop_criteria(
     if term is None and kind == 'gradient' and calibration is not None:
         term = calibration.term  # the GP of the calibration, fitted on the 'train' rows, biases the MD
     if term is None:
-        term = _bias_term(kind, bias, members, train)
-    hal = stop.get('hal')
-    if hal:
+        term = _bias_term(bias, members, train)
+    hal = stop.hal
+    if hal is not None:
         if kind != 'hal':
             raise ValueError(f'stop.hal needs bias kind "hal", not {kind!r}')
         term.atom_quantity = 'relative_force'
-        criteria.append(HALStop(f_tol=hal.get('f_tol'), s_tol=hal.get('s_tol', 0.5), relative_force=atom_values))
-    if stop.get('gamma_break') is not None:
+        criteria.append(HALStop(f_tol=hal.f_tol, s_tol=hal.s_tol, relative_force=atom_values))
+    if stop.gamma_break is not None:
         if train is None:
             raise ValueError('stop.gamma_break needs the training set (input "training")')
         criteria.append(
             ExtrapolationGradeStop.from_training(
-                members[0], train, float(stop['gamma_break']), check_every=int(stop.get('check_every', 1))
+                members[0], train, float(stop.gamma_break), check_every=stop.check_every
             )
         )
     return criteria, term
@@ -394,9 +368,7 @@ class AtomCalibration:
     record: dict[str, Any]
 
 
-def _atom_calibration(
-    members: list, kind: str, bias: dict[str, Any], stop: dict[str, Any], train, parameters: dict[str, Any]
-) -> AtomCalibration | None:
+def _atom_calibration(members: list, settings: ExploreParameters, train) -> AtomCalibration | None:
     """Calibrated atom uncertainty of a single model (seed 003 Methods), used by the walker stop, the gradient bias
     and the candidate scores alike, so that ``stop.uncertainty`` (e.g. 1.5 eV/Å) and the select step's
     ``uncertain_above`` (e.g. 0.15 eV/Å) are bounds on the same calibrated quantity.
@@ -410,8 +382,9 @@ def _atom_calibration(
     """
     from aiida_alkit.exploration.terms import GradientFeatureUncertainty, calibrated, fit_atom_calibrator
 
-    single_stop = stop.get('uncertainty') is not None and len(members) == 1 and kind in ('none', 'gradient')
-    if not (single_stop or kind == 'gradient' or parameters.get('features')):
+    kind = settings.bias.kind
+    single_stop = settings.stop.uncertainty is not None and len(members) == 1 and kind in ('none', 'gradient')
+    if not (single_stop or kind == 'gradient' or settings.features_requested):
         return None
     if train is None or train.forces is None or 'split' not in train.info:
         return None
@@ -420,11 +393,9 @@ def _atom_calibration(
     if valid.size < 1 or fit.size < 1:
         return None
     model = members[0]
-    term = GradientFeatureUncertainty.from_data(
-        model, train.subset(fit), kind='posterior', dim=int(bias.get('dim', 256))
-    )
+    term = GradientFeatureUncertainty.from_data(model, train.subset(fit), kind='posterior', dim=settings.bias.dim)
     structures = [train.get_atoms(int(i)) for i in valid]
-    calibrator = fit_atom_calibrator(term, structures, alpha=float(stop.get('calibration_alpha', 0.1)))
+    calibrator = fit_atom_calibrator(term, structures, alpha=settings.stop.calibration_alpha)
     record = calibrator.record(n_structures=int(valid.size), n_fit_structures=int(fit.size))
     progress(
         f'calibration: q_hat = {record["q_hat"]:.4g} (eV/Å per unit u) from {record["n_scores"]} atoms of '
@@ -449,7 +420,7 @@ def _hal_design(features, train, chosen, force_features, forces):
     )
 
 
-def _scores(model, members, arrays, train, parameters, folder, calibration) -> dict[str, np.ndarray]:
+def _scores(model, members, arrays, train, settings: ExploreParameters, folder, calibration) -> dict[str, np.ndarray]:
     """Per-candidate arrays for selection: gradient features, calibrated uncertainty, committee deviation, KPU.
 
     Structure features are per-atom means of the atomic features (``features.normalise_per_atom``, default true, as
@@ -460,22 +431,22 @@ def _scores(model, members, arrays, train, parameters, folder, calibration) -> d
 
     scores: dict[str, np.ndarray] = {}
     first = members[0]
-    features = parameters.get('features', {'kind': 'sketch', 'dim': 512})
-    if features:
+    features = settings.features
+    if features is not None:
         from aiida_alkit.uncertainty.features import compute_features
 
-        settings = {
-            'kind': features.get('kind', 'sketch'),
-            'dim': int(features.get('dim', 512)),
+        options = {
+            'kind': features.kind,
+            'dim': features.dim,
             'seed': 0,
-            'normalise_per_atom': bool(features.get('normalise_per_atom', True)),
+            'normalise_per_atom': features.normalise_per_atom,
         }
-        scores['pool_features'] = np.asarray(compute_features(first, arrays, per_atom=False, **settings).structure)
+        scores['pool_features'] = np.asarray(compute_features(first, arrays, per_atom=False, **options).structure)
         if train is not None:
-            scores['train_features'] = np.asarray(compute_features(first, train, per_atom=False, **settings).structure)
+            scores['train_features'] = np.asarray(compute_features(first, train, per_atom=False, **options).structure)
         if calibration is not None:
             scores['calibrated_uncertainty'] = calibrated_uncertainty(calibration, arrays)
-    if (parameters.get('stop') or {}).get('hal') and 'frame_kind' in arrays.info:
+    if settings.stop.hal is not None and 'frame_kind' in arrays.info:
         # seed 002: the configuration at which HAL's stop criterion fired is the one to label
         reasons = np.asarray(arrays.info['stop_reason']).astype(str)
         scores['hal_stop'] = (np.asarray(arrays.info['frame_kind']).astype(str) == 'stop') & np.char.startswith(
@@ -496,7 +467,7 @@ def _scores(model, members, arrays, train, parameters, folder, calibration) -> d
     if 'rlekf' in extras and len(members) == 1:
         from aiida_alkit.models.rlekf import kalman_prediction_uncertainty
 
-        fraction = float((parameters.get('kpu') or {}).get('fraction', 0.5))
+        fraction = settings.kpu.fraction
         values = []
         for start in range(0, len(arrays), 16):
             indices = np.arange(start, min(start + 16, len(arrays)))

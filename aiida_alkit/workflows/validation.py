@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from aiida_alkit.io.arrays import MIN_INTERATOMIC_DISTANCE, ConfigurationArrays
+from aiida_alkit.jobs.explore_parameters import ExploreParameters, explore_problem
 
 __all__ = [
     'EXPLORE_DEFAULTS',
@@ -51,8 +52,12 @@ SCHEDULE_KEYS = tuple(SCHEDULED_SETTINGS.values())
 VOLUME_PER_ATOM_RANGE = (2.0, 200.0)
 #: Largest pressure magnitude (GPa) an exploration may ask for; beyond it the value is in the wrong unit (Pa, bar).
 MAX_PRESSURE_GPA = 1000.0
-#: Defaults the explore job applies when a setting is absent (jobs/explore.py).
-EXPLORE_DEFAULTS = {'temperature_K': 300.0, 'pressure_GPa': None, 'steps': 200, 'walkers': 4, 'sample_every': 10}
+#: Defaults the explore job applies when a setting is absent (:class:`~aiida_alkit.jobs.explore_parameters.
+#: ExploreParameters`).
+EXPLORE_DEFAULTS = {
+    key: getattr(ExploreParameters(), key)
+    for key in ('temperature_K', 'pressure_GPa', 'steps', 'walkers', 'sample_every')
+}
 #: Valid values of the campaign's scalar inputs: key -> (test, what a valid value is).
 SETTING_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     'max_rounds': (lambda v: v >= 1, 'at least one round is needed'),
@@ -267,13 +272,11 @@ def _md_settings_problem(inputs: CampaignInputs) -> Problem | None:
 
 def _explore_problem(inputs: CampaignInputs, rounds: range) -> Problem | None:
     """Each distinct round's explore parameters as the job would get them, then the batch size against the pool."""
-    from aiida_alkit.calculations.explore import validate_explore_parameters
-
     capacities = []
     committee = inputs.train.get('committee_size', 1) > 1
     for round_index in rounds:
         parameters = round_explore_parameters(inputs.explore, inputs.schedule, round_index, inputs.seed)
-        message = validate_explore_parameters(parameters)
+        message = explore_problem(parameters)
         if not message and (parameters.get('bias') or {}).get('kind') == 'committee' and not committee:
             message = 'bias.kind "committee" needs a committee potential (train.parameters.committee_size > 1)'
         if message:
