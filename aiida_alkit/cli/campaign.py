@@ -31,7 +31,7 @@ import click
 import numpy as np
 
 from . import main
-from .dataset import load_default_profile
+from .params import CAMPAIGN
 
 __all__ = [
     'calibration_points',
@@ -66,18 +66,6 @@ MAPPING_NOTE = (
 
 
 # ---------------------------------------------------------------------------------------------- data
-def _load_campaign(identifier: str):
-    from aiida import orm
-
-    try:
-        node = orm.load_node(identifier)
-    except Exception as exc:  # NotExistent, MultipleObjectsError
-        raise click.BadParameter(f'no node {identifier}: {exc}') from exc
-    if not isinstance(node, orm.WorkflowNode) or node.process_label != 'ActiveLearningWorkChain':
-        raise click.BadParameter(f'node {identifier} is a {node.__class__.__name__}, not an ActiveLearningWorkChain')
-    return node
-
-
 def campaign_rows(node, source: str = 'auto') -> tuple[list[dict[str, Any]], str]:
     """The per-round rows of a campaign and where they came from (``'report'`` or ``'graph'``).
 
@@ -434,7 +422,7 @@ def campaign_group() -> None:
 
 
 @campaign_group.command('status')
-@click.argument('identifier')
+@click.argument('node', metavar='IDENTIFIER', type=CAMPAIGN)
 @click.option(
     '--source',
     type=click.Choice(['auto', 'report', 'graph']),
@@ -442,10 +430,8 @@ def campaign_group() -> None:
     show_default=True,
     help='Read the rows from the report output or from the called processes (auto: report when finished).',
 )
-def status_command(identifier: str, source: str) -> None:
-    """State, stop reason and per-round numbers of campaign IDENTIFIER (pk or uuid), running or finished."""
-    load_default_profile()
-    node = _load_campaign(identifier)
+def status_command(node, source: str) -> None:
+    """State, stop reason and per-round numbers of campaign IDENTIFIER (pk, uuid or label), running or finished."""
     rows, used = campaign_rows(node, source)
     click.echo(f'ActiveLearningWorkChain<{node.pk}>  strategy {_strategy(node)}')
     click.echo(f'state        {_state(node)}')
@@ -462,20 +448,18 @@ def status_command(identifier: str, source: str) -> None:
 
 
 @campaign_group.command('report')
-@click.argument('identifier')
+@click.argument('node', metavar='IDENTIFIER', type=CAMPAIGN)
 @click.option('--plot', 'plot', type=click.Path(dir_okay=False), default=None, help='Write a PNG figure here.')
 @click.option(
     '--source', type=click.Choice(['auto', 'report', 'graph']), default='auto', show_default=True, help='As for status.'
 )
-def report_command(identifier: str, plot: str | None, source: str) -> None:
+def report_command(node, plot: str | None, source: str) -> None:
     """Seed-000 Table 2 of campaign IDENTIFIER: round, temperature, steps, maximum, reliable/selected/discarded.
 
     Reliable = accurate candidates (n_accurate); Selected = picks sent to labelling; Discarded = candidates above the
     trust window (n_failed) plus failed labels. With --plot: learning curve, counts per round and (when the data
     exist) a calibration plot, as one PNG.
     """
-    load_default_profile()
-    node = _load_campaign(identifier)
     rows, _ = campaign_rows(node, source)
     click.echo(f'Exploration by MD, ActiveLearningWorkChain<{node.pk}>, strategy {_strategy(node)}')
     click.echo(report_table(rows, _batch_size(node)))

@@ -3,28 +3,10 @@
 from __future__ import annotations
 
 import click
+from aiida.cmdline.utils.decorators import with_dbenv
 
 from . import main
-
-
-def load_default_profile() -> None:
-    """Load the default profile unless one is loaded already (as in tests or ``verdi run``)."""
-    from aiida import load_profile
-    from aiida.manage import get_manager
-
-    if get_manager().get_profile() is None:
-        load_profile()
-
-
-def _load_dataset(identifier: str):
-    from aiida import orm
-
-    from aiida_alkit.data import DatasetData
-
-    node = orm.load_node(identifier)
-    if not isinstance(node, DatasetData):
-        raise click.BadParameter(f'node {identifier} is a {type(node).__name__}, not a DatasetData')
-    return node
+from .params import DATASET
 
 
 @main.group('dataset')
@@ -37,9 +19,9 @@ def dataset_group() -> None:
 @click.option('--format', 'fmt', type=click.Choice(['extxyz', 'cfg']), default=None, help='Default: from suffix.')
 @click.option('--species', default=None, help='For .cfg: elements of types 0, 1, ... comma-separated (e.g. Al,Cu).')
 @click.option('--label', default=None, help='Label of the new node.')
+@with_dbenv()
 def import_command(path: str, fmt: str | None, species: str | None, label: str | None) -> None:
     """Store the configurations of PATH (extxyz or MLIP-2 .cfg) as one DatasetData node."""
-    load_default_profile()
     from aiida_alkit.data import DatasetData
     from aiida_alkit.io import read_configurations
 
@@ -57,15 +39,13 @@ def import_command(path: str, fmt: str | None, species: str | None, label: str |
 
 
 @dataset_group.command('export')
-@click.argument('identifier')
+@click.argument('node', metavar='IDENTIFIER', type=DATASET)
 @click.argument('path', type=click.Path(dir_okay=False))
 @click.option('--format', 'fmt', type=click.Choice(['extxyz', 'cfg']), default=None, help='Default: from suffix.')
-def export_command(identifier: str, path: str, fmt: str | None) -> None:
-    """Write DatasetData IDENTIFIER (pk or uuid) to PATH (extxyz or MLIP-2 .cfg)."""
-    load_default_profile()
+def export_command(node, path: str, fmt: str | None) -> None:
+    """Write DatasetData IDENTIFIER (pk, uuid or label) to PATH (extxyz or MLIP-2 .cfg)."""
     from aiida_alkit.io import write_configurations
 
-    node = _load_dataset(identifier)
     try:
         write_configurations(path, node.to_atoms(), fmt=fmt)
     except ValueError as exc:
@@ -74,11 +54,9 @@ def export_command(identifier: str, path: str, fmt: str | None) -> None:
 
 
 @dataset_group.command('show')
-@click.argument('identifier')
-def show_command(identifier: str) -> None:
-    """Summary of DatasetData IDENTIFIER."""
-    load_default_profile()
-    node = _load_dataset(identifier)
+@click.argument('node', metavar='IDENTIFIER', type=DATASET)
+def show_command(node) -> None:
+    """Summary of DatasetData IDENTIFIER (pk, uuid or label)."""
     attributes = node.base.attributes.all
     for key in ('count', 'n_atoms_total', 'species', 'natoms_min', 'natoms_max', 'labels', 'info_keys', 'sha256'):
         click.echo(f'{key:14s} {attributes.get(key)}')

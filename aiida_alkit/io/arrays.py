@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ['FORMAT_VERSION', 'LABEL_KEYS', 'MIN_INTERATOMIC_DISTANCE', 'ConfigurationArrays']
+__all__ = ['FORMAT_VERSION', 'LABEL_KEYS', 'MIN_INTERATOMIC_DISTANCE', 'ConfigurationArrays', 'concatenated_ranges']
 
 FORMAT_VERSION = 1
 #: Labels a configuration may carry: per-configuration energy (eV), per-atom forces (eV/Å), 3x3 stress (eV/Å³).
@@ -168,6 +168,7 @@ class ConfigurationArrays:
         """Configuration ``index`` as ``ase.Atoms`` with labels on a ``SinglePointCalculator`` and info restored."""
         from ase import Atoms
         from ase.calculators.singlepoint import SinglePointCalculator
+        from ase.stress import full_3x3_to_voigt_6_stress
 
         index = self._check_index(int(index))
         start, stop = self.offsets[index], self.offsets[index + 1]
@@ -185,7 +186,7 @@ class ConfigurationArrays:
         if self.forces is not None:
             results['forces'] = self.forces[start:stop].copy()
         if self.stress is not None:
-            results['stress'] = _full_to_voigt(self.stress[index])
+            results['stress'] = full_3x3_to_voigt_6_stress(self.stress[index])
         if results:
             atoms.calc = SinglePointCalculator(atoms, **results)
         return atoms
@@ -207,7 +208,7 @@ class ConfigurationArrays:
         sizes = self.sizes[indices]
         offsets = np.zeros(len(indices) + 1, dtype=np.int64)
         np.cumsum(sizes, out=offsets[1:])
-        atom_index = _ranges(self.offsets[indices], sizes)
+        atom_index = concatenated_ranges(self.offsets[indices], sizes)
         return ConfigurationArrays(
             positions=self.positions[atom_index],
             numbers=self.numbers[atom_index],
@@ -375,13 +376,18 @@ class ConfigurationArrays:
 
 
 # ---------------------------------------------------------------------- helpers
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + l)`` for every pair, without a Python loop."""
+def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + l)`` for every pair, without a Python loop (int64).
+
+    The atom (or edge) indices of a subset of a flat layout: ``starts`` are the subset's offsets, ``lengths`` its
+    sizes. Any integer arrays or sequences.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
     total = int(lengths.sum())
     if total == 0:
         return np.zeros(0, dtype=np.int64)
     out_offsets = np.cumsum(lengths) - lengths
-    return np.arange(total, dtype=np.int64) - np.repeat(out_offsets - starts, lengths)
+    return np.arange(total, dtype=np.int64) - np.repeat(out_offsets - np.asarray(starts, dtype=np.int64), lengths)
 
 
 def _first_bad_atom(mask: np.ndarray, atom_config: np.ndarray, message: str, values: np.ndarray | None = None) -> None:
@@ -419,18 +425,10 @@ def _labels_of(atoms) -> dict[str, Any]:
     return found
 
 
-def _voigt_to_full(stress: np.ndarray) -> np.ndarray:
-    """ASE Voigt order (xx, yy, zz, yz, xz, xy) → 3x3."""
-    xx, yy, zz, yz, xz, xy = stress
-    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
-
-
-def _full_to_voigt(stress: np.ndarray) -> np.ndarray:
-    return np.array([stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2], stress[0, 2], stress[0, 1]])
-
-
 def _stack_label(key: str, values: list[Any], sizes: np.ndarray) -> np.ndarray:
-    """Stack one label over configurations, checking each configuration's shape."""
+    """Stack one label over configurations, checking each configuration's shape (stress: ASE's Voigt or 3x3)."""
+    from ase.stress import voigt_6_to_full_3x3_stress
+
     if key == 'energy':
         out = np.empty(len(values))
         for index, value in enumerate(values):
@@ -453,7 +451,7 @@ def _stack_label(key: str, values: list[Any], sizes: np.ndarray) -> np.ndarray:
     for index, value in enumerate(values):
         array = np.asarray(value, dtype=np.float64)
         if array.shape == (6,):
-            out[index] = _voigt_to_full(array)
+            out[index] = voigt_6_to_full_3x3_stress(array)
         elif array.shape == (3, 3):
             out[index] = array
         else:

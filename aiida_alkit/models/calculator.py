@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from aiida_alkit.models.batching import batch_from_atoms
 from aiida_alkit.models.gmnn import GMNN
@@ -45,5 +46,5 @@ class GMNNCalculator(Calculator):
             'forces': output['forces'].detach().cpu().numpy().astype(np.float64),
         }
         if periodic:
-            s = output['stress'][0].detach().cpu().numpy().astype(np.float64)
-            self.results['stress'] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            stress = output['stress'][0].detach().cpu().numpy().astype(np.float64)
+            self.results['stress'] = full_3x3_to_voigt_6_stress(stress)

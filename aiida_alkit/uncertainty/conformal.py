@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import float_array
+
 __all__ = [
     'ConformalCalibrator',
     'atomic_force_rmse',
@@ -42,15 +44,9 @@ __all__ = [
 ]
 
 
-def _array(value: Any, name: str) -> np.ndarray:
-    if hasattr(value, 'detach'):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=np.float64)
-
-
 def atomic_force_rmse(forces: Any, reference: Any) -> np.ndarray:
     """Per-atom force RMSE over the Cartesian components, ``(..., N, 3) -> (..., N)``, eV/Å."""
-    difference = _array(forces, 'forces') - _array(reference, 'reference')
+    difference = float_array(forces, 'forces') - float_array(reference, 'reference')
     if difference.shape[-1] != 3:
         raise ValueError(f'forces must end in a Cartesian axis of length 3, got shape {difference.shape}')
     return np.sqrt(np.mean(difference**2, axis=-1))
@@ -67,7 +63,8 @@ def max_atomic_force_rmse(forces: Any, reference: Any, sizes: Any) -> np.ndarray
 
 def energy_error_per_atom(energies: Any, reference: Any, n_atoms: Any) -> np.ndarray:
     """Absolute energy error per atom ``|E - E^ref| / N_atoms`` in eV/atom."""
-    return np.abs(_array(energies, 'energies') - _array(reference, 'reference')) / _array(n_atoms, 'n_atoms')
+    difference = float_array(energies, 'energies') - float_array(reference, 'reference')
+    return np.abs(difference) / float_array(n_atoms, 'n_atoms')
 
 
 def quantile_rank(n: int, alpha: float) -> int:
@@ -84,7 +81,7 @@ def conformal_quantile(scores: Any, alpha: float, clip: bool = False) -> float:
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f'alpha must lie in (0, 1), got {alpha}')
-    scores = np.sort(_array(scores, 'scores').ravel())
+    scores = np.sort(float_array(scores, 'scores').ravel())
     n = scores.size
     if n == 0:
         raise ValueError('need at least one calibration score')
@@ -115,8 +112,8 @@ class ConformalCalibrator:
         infinite score, ``0 / 0`` counts as 0). ``clip``: a finite ``q-hat`` for too few points (level clipped to 1).
         ``rule``: a name for what the points are (e.g. 'atoms pooled over structures'), kept in :meth:`record`.
         """
-        u = _array(uncertainties, 'uncertainties').ravel()
-        errors = np.abs(_array(errors, 'errors')).ravel()
+        u = float_array(uncertainties, 'uncertainties').ravel()
+        errors = np.abs(float_array(errors, 'errors')).ravel()
         if u.shape != errors.shape:
             raise ValueError(f'{u.size} uncertainties but {errors.size} errors')
         if np.any(u < 0) or not np.all(np.isfinite(u)) or not np.all(np.isfinite(errors)):
@@ -161,7 +158,7 @@ class ConformalCalibrator:
     def calibrate(self, uncertainties: Any) -> np.ndarray:
         """Calibrated uncertainties ``q-hat * u``: error bounds in the error unit (eV/Å or eV/atom)."""
         self._check_fitted()
-        return self.quantile_ * _array(uncertainties, 'uncertainties')
+        return self.quantile_ * float_array(uncertainties, 'uncertainties')
 
     def threshold(self, error_threshold: float) -> float:
         """Raw-uncertainty threshold ``error_threshold / q-hat`` equivalent to a calibrated error threshold.
@@ -178,4 +175,4 @@ class ConformalCalibrator:
     def coverage(self, uncertainties: Any, errors: Any) -> float:
         """Fraction of ``|errors|`` not exceeding their calibrated bound (empirical coverage)."""
         bounds = self.calibrate(uncertainties)
-        return float(np.mean(np.abs(_array(errors, 'errors')) <= bounds))
+        return float(np.mean(np.abs(float_array(errors, 'errors')) <= bounds))

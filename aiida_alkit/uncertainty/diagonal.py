@@ -15,19 +15,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._checks import float_array
+
 __all__ = ['ae_energy', 'ae_forces', 'qbc_energy', 'qbc_forces', 'rnd']
 
 ArrayLike = np.ndarray | torch.Tensor
 
 
-def _array(values: ArrayLike) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values, dtype=np.float64)
-
-
 def _sizes(n_atoms: ArrayLike | None, n_total: int) -> np.ndarray:
-    sizes = np.array([n_total]) if n_atoms is None else _array(n_atoms).astype(np.int64).reshape(-1)
+    sizes = np.array([n_total]) if n_atoms is None else float_array(n_atoms).astype(np.int64).reshape(-1)
     if sizes.sum() != n_total or (sizes < 1).any():
         raise ValueError(f'n_atoms must be positive and add up to the number of atoms ({n_total}), got {sizes}')
     return sizes
@@ -41,7 +37,7 @@ def _segment_mean(values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 def qbc_energy(member_energies: ArrayLike) -> np.ndarray:
     """QBC(E): σ_E^ens(S) = sqrt(1/N_ens sum_k (E_k(S) - Ē(S))²) (eq. 25), eV, from (N_ens, B) member energies."""
-    energies = _array(member_energies)
+    energies = float_array(member_energies)
     if energies.ndim != 2 or energies.shape[0] < 1:
         raise ValueError(f'member_energies must have shape (N_ens, B), got {energies.shape}')
     return energies.std(axis=0)
@@ -53,7 +49,7 @@ def qbc_forces(member_forces: ArrayLike, n_atoms: ArrayLike | None = None) -> np
     :param member_forces: (N_ens, N, 3) member forces of all atoms, eV/Å.
     :param n_atoms: (B,) structure sizes (``None``: one structure).
     """
-    forces = _array(member_forces)
+    forces = float_array(member_forces)
     if forces.ndim != 3 or forces.shape[2] != 3:
         raise ValueError(f'member_forces must have shape (N_ens, N, 3), got {forces.shape}')
     sizes = _sizes(n_atoms, forces.shape[1])
@@ -63,7 +59,7 @@ def qbc_forces(member_forces: ArrayLike, n_atoms: ArrayLike | None = None) -> np
 
 def ae_energy(predicted: ArrayLike, reference: ArrayLike) -> np.ndarray:
     """AE(E): ΔE(S) = abs(E^ref - E(S, θ)) (eq. 24), eV, from (B,) energies."""
-    predicted, reference = _array(predicted).reshape(-1), _array(reference).reshape(-1)
+    predicted, reference = float_array(predicted).reshape(-1), float_array(reference).reshape(-1)
     if predicted.shape != reference.shape:
         raise ValueError(f'shapes differ: {predicted.shape} and {reference.shape}')
     return np.abs(reference - predicted)
@@ -71,7 +67,7 @@ def ae_energy(predicted: ArrayLike, reference: ArrayLike) -> np.ndarray:
 
 def ae_forces(predicted: ArrayLike, reference: ArrayLike, n_atoms: ArrayLike | None = None) -> np.ndarray:
     """AE(F): ΔF(S) = 1/(3 N_at) sum_i sum_j abs(F_ij^ref - F_ij(S, θ)) (eq. 24), eV/Å, from (N, 3) forces."""
-    predicted, reference = _array(predicted).reshape(-1, 3), _array(reference).reshape(-1, 3)
+    predicted, reference = float_array(predicted).reshape(-1, 3), float_array(reference).reshape(-1, 3)
     if predicted.shape != reference.shape:
         raise ValueError(f'shapes differ: {predicted.shape} and {reference.shape}')
     sizes = _sizes(n_atoms, predicted.shape[0])

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
+from ._checks import float_array
+
 __all__ = ['DEFAULT_GAMMA_BREAK', 'DEFAULT_GAMMA_SELECT', 'ActiveSet', 'MaxVolResult', 'maxvol']
 
 #: Default selection threshold ``gamma_select`` (MLIP-2 convention; not given in the notes).
@@ -31,17 +33,6 @@ DEFAULT_GAMMA_BREAK = 10.0
 
 #: Status labels returned by :meth:`ActiveSet.classify`.
 RELIABLE, SELECT, BREAK = 'reliable', 'select', 'break'
-
-
-def _array(value: Any, name: str, ndim: int | None = None) -> np.ndarray:
-    if hasattr(value, 'detach'):
-        value = value.detach().cpu().numpy()
-    array = np.asarray(value, dtype=np.float64)
-    if ndim is not None and array.ndim != ndim:
-        raise ValueError(f'{name} must have {ndim} dimensions, got shape {array.shape}')
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f'{name} must be finite')
-    return array
 
 
 @dataclass(frozen=True)
@@ -74,7 +65,7 @@ def maxvol(a: Any, tol: float = 1.01, max_iters: int = 1000, initial: Any = None
     ``C <- C - C[:, j] (C[i, :] - e_j) / C_ij`` and recomputed exactly before convergence is declared.
     At convergence every row of ``a`` is a combination of the selected rows with coefficients ``|c| <= tol``.
     """
-    a = _array(a, 'a', 2)
+    a = float_array(a, 'a', 2, finite=True)
     n, m = a.shape
     if n < m:
         raise ValueError(f'maxvol needs a tall matrix (n >= m), got shape {a.shape}')
@@ -166,7 +157,7 @@ class ActiveSet:
 
     def fit(self, features: Any) -> ActiveSet:
         """Build the active set from training rows ``(n, m)`` by MaxVol (placeholder unit rows when ``n < m``)."""
-        features = _array(features, 'features', 2)
+        features = float_array(features, 'features', 2, finite=True)
         n, m = features.shape
         self.n_features_ = m
         self.n_seen_ = 0
@@ -191,7 +182,7 @@ class ActiveSet:
         add to the training set.
         """
         self._check_fitted()
-        new = _array(new_features, 'new_features', 2)
+        new = float_array(new_features, 'new_features', 2, finite=True)
         if new.shape[1] != self.n_features_:
             raise ValueError(f'new_features have {new.shape[1]} columns, the active set {self.n_features_}')
         m = self.n_features_
@@ -239,7 +230,7 @@ class ActiveSet:
     def coefficients(self, features: Any) -> np.ndarray:
         """Coefficients ``c = b A^-1`` of rows ``b`` ``(..., m)`` in the basis of the active rows."""
         self._check_fitted()
-        features = _array(features, 'features')
+        features = float_array(features, 'features', finite=True)
         if features.shape[-1] != self.n_features_:
             raise ValueError(f'features have {features.shape[-1]} columns, the active set {self.n_features_}')
         flat = features.reshape(-1, self.n_features_)

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import float_array
+
 __all__ = [
     'DEFAULT_COMMITTEE_SIZE',
     'DEFAULT_EPSILON',
@@ -49,16 +51,6 @@ DEFAULT_COMMITTEE_SIZE = 32
 DEFAULT_EPSILON = 0.2
 #: Default softmax tolerance ``s_tol`` of eq. (8).
 DEFAULT_S_TOL = 0.5
-
-
-def _array(value: Any, name: str, ndim: int | None = None) -> np.ndarray:
-    """``value`` (numpy array, torch tensor or sequence) as a float64 numpy array, optionally checking ``ndim``."""
-    if hasattr(value, 'detach'):
-        value = value.detach().cpu().numpy()
-    array = np.asarray(value, dtype=np.float64)
-    if ndim is not None and array.ndim != ndim:
-        raise ValueError(f'{name} must have {ndim} dimensions, got shape {array.shape}')
-    return array
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -84,8 +76,8 @@ def build_design_matrix(
     """
     if w_e < 0 or w_f < 0:
         raise ValueError(f'weights must be non-negative, got w_e={w_e}, w_f={w_f}')
-    features = _array(features, 'features', 2)
-    energies = _array(energies, 'energies', 1)
+    features = float_array(features, 'features', 2)
+    energies = float_array(energies, 'energies', 1)
     if energies.shape[0] != features.shape[0]:
         raise ValueError(f'{features.shape[0]} feature rows but {energies.shape[0]} energies')
     rows = [math.sqrt(w_e) * features]
@@ -96,8 +88,8 @@ def build_design_matrix(
         if len(force_features) != len(forces):
             raise ValueError(f'{len(force_features)} force-feature blocks but {len(forces)} force arrays')
         for index, (block, force) in enumerate(zip(force_features, forces, strict=True)):
-            block = _array(block, f'force_features[{index}]', 3)
-            force = _array(force, f'forces[{index}]', 2)
+            block = float_array(block, f'force_features[{index}]', 3)
+            force = float_array(force, f'forces[{index}]', 2)
             if block.shape[:2] != force.shape or block.shape[1] != 3 or block.shape[2] != features.shape[1]:
                 raise ValueError(
                     f'structure {index}: force features {block.shape} do not match forces {force.shape} '
@@ -120,8 +112,8 @@ def committee_energy_std(committee_energies: Any, mean_energy: Any, noise_precis
     (for the Bayesian committee the posterior-mean model, not the committee average). ``noise_precision`` is
     ``lambda``; its ``1/lambda`` term is left out when ``None``.
     """
-    energies = _array(committee_energies, 'committee_energies')
-    mean = _array(mean_energy, 'mean_energy')
+    energies = float_array(committee_energies, 'committee_energies')
+    mean = float_array(mean_energy, 'mean_energy')
     variance = np.mean((energies - mean) ** 2, axis=0)
     if noise_precision is not None:
         variance = variance + 1.0 / noise_precision
@@ -137,17 +129,17 @@ def relative_force_uncertainty(
     committee average when ``None``); ``eps`` in eV/Å.
     ``f_i = (1/K) sum_k ||F_i^k - F-bar_i|| / (||F-bar_i|| + eps)``.
     """
-    forces = _array(committee_forces, 'committee_forces', 3)
+    forces = float_array(committee_forces, 'committee_forces', 3)
     if eps <= 0:
         raise ValueError(f'eps must be positive, got {eps}')
-    mean = forces.mean(axis=0) if mean_forces is None else _array(mean_forces, 'mean_forces', 2)
+    mean = forces.mean(axis=0) if mean_forces is None else float_array(mean_forces, 'mean_forces', 2)
     deviation = np.linalg.norm(forces - mean, axis=-1).mean(axis=0)
     return deviation / (np.linalg.norm(mean, axis=-1) + eps)
 
 
 def softmax_score(f: Any) -> np.ndarray:
     """Softmax ``s(f_i) = exp(f_i) / sum_j exp(f_j)`` over the atoms of one structure, eq. (8); values in ``[0, 1]``."""
-    f = _array(f, 'f', 1)
+    f = float_array(f, 'f', 1)
     if f.size == 0:
         raise ValueError('f must hold at least one atom')
     shifted = np.exp(f - f.max())
@@ -162,7 +154,7 @@ def hal_stop(f: Any, f_tol: float | None = None, s_tol: float | None = DEFAULT_S
     """
     if f_tol is None and s_tol is None:
         raise ValueError('at least one of f_tol and s_tol must be given')
-    f = _array(f, 'f', 1)
+    f = float_array(f, 'f', 1)
     stop = False
     if f_tol is not None:
         stop = stop or bool(f.max() > f_tol)
@@ -182,9 +174,9 @@ def energy_std_gradient(
     The HAL bias force is ``F^sigma = grad sigma~`` (eq. 11); the biased forces of ``E - tau sigma`` are
     ``F-bar + tau grad sigma~``.
     """
-    energies = _array(committee_energies, 'committee_energies', 1)
-    forces = _array(committee_forces, 'committee_forces', 3)
-    mean_forces = _array(mean_forces, 'mean_forces', 2)
+    energies = float_array(committee_energies, 'committee_energies', 1)
+    forces = float_array(committee_forces, 'committee_forces', 3)
+    mean_forces = float_array(mean_forces, 'mean_forces', 2)
     if sigma <= 0:
         raise ValueError(f'sigma must be positive, got {sigma}')
     deviation = energies - float(mean_energy)
@@ -264,8 +256,8 @@ class BayesianRidge:
 
     def fit(self, design: Any, targets: Any) -> BayesianRidge:
         """Fit on the (weighted) design matrix ``Psi`` ``(N_obs, d)`` and targets ``y`` ``(N_obs,)``, eq. (19)-(27)."""
-        psi = _array(design, 'design', 2)
-        y = _array(targets, 'targets', 1)
+        psi = float_array(design, 'design', 2)
+        y = float_array(targets, 'targets', 1)
         if psi.shape[0] != y.shape[0]:
             raise ValueError(f'design has {psi.shape[0]} rows but there are {y.shape[0]} targets')
         if psi.shape[0] == 0:
@@ -358,7 +350,7 @@ class BayesianRidge:
 
     def _committee(self, committee: Any) -> np.ndarray:
         if committee is not None:
-            committee = _array(committee, 'committee', 2)
+            committee = float_array(committee, 'committee', 2)
             if committee.shape[1] != self.n_basis_:
                 raise ValueError(f'committee has {committee.shape[1]} parameters, the model {self.n_basis_}')
             return committee
@@ -371,19 +363,19 @@ class BayesianRidge:
     def predict(self, features: Any) -> np.ndarray:
         """Posterior-mean energy ``E-bar = c-bar . B`` in eV for total features ``(..., d)``."""
         self._check_fitted()
-        return _array(features, 'features') @ self.coef_
+        return float_array(features, 'features') @ self.coef_
 
     def predictive_std(self, features: Any) -> np.ndarray:
         """Exact posterior-predictive standard deviation ``sigma_E = sqrt(1/lambda + B^T Sigma B)`` (eq. 3), eV."""
         self._check_fitted()
-        projected = _array(features, 'features') @ self.eigvecs_
+        projected = float_array(features, 'features') @ self.eigvecs_
         variance = np.sum(projected**2 / (self.alpha_ + self.lambda_ * self.eigvals_), axis=-1)
         return np.sqrt(1.0 / self.lambda_ + variance)
 
     def committee_energy_std(self, features: Any, committee: Any = None) -> np.ndarray:
         """Committee estimate ``sigma~_E`` (eq. 5) in eV for total features ``B`` of shape ``(..., d)``."""
         self._check_fitted()
-        features = _array(features, 'features')
+        features = float_array(features, 'features')
         members = self._committee(committee)
         energies = np.moveaxis(features @ members.T, -1, 0)
         return committee_energy_std(energies, features @ self.coef_, self.lambda_)
@@ -393,7 +385,7 @@ class BayesianRidge:
     ) -> np.ndarray:
         """``f_i`` of eq. (6) for force features ``(N, 3, d)``; ``F-bar`` is the posterior-mean force."""
         self._check_fitted()
-        force_features = _array(force_features, 'force_features', 3)
+        force_features = float_array(force_features, 'force_features', 3)
         members = self._committee(committee)
         forces = np.einsum('nad,kd->kna', force_features, members)
         return relative_force_uncertainty(forces, force_features @ self.coef_, eps=eps)
@@ -407,8 +399,8 @@ class BayesianRidge:
         gradient (eq. 9-10), ``f_i`` (eq. 6) and the softmax scores (eq. 8).
         """
         self._check_fitted()
-        atom_features = _array(atom_features, 'atom_features', 2)
-        force_features = _array(force_features, 'force_features', 3)
+        atom_features = float_array(atom_features, 'atom_features', 2)
+        force_features = float_array(force_features, 'force_features', 3)
         if force_features.shape[0] != atom_features.shape[0] or force_features.shape[1] != 3:
             raise ValueError(
                 f'force features {force_features.shape} do not match {atom_features.shape[0]} atoms (N, 3, d)'

@@ -34,10 +34,10 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
 from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, if_, while_
+from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin
 
 from aiida_alkit.calculations.functions import (
     campaign_convergence,
@@ -68,11 +68,6 @@ __all__ = ['STRATEGIES', 'ActiveLearningWorkChain', 'max_pool_size', 'round_expl
 PROTOCOL_FILE = pathlib.Path(__file__).parent / 'protocols' / 'active_learning.yaml'
 
 
-def load_protocol_file() -> dict:
-    with PROTOCOL_FILE.open() as handle:
-        return yaml.safe_load(handle)
-
-
 def _validate_inputs(inputs: dict, _) -> str | None:
     """Structural checks only (which inputs go together); the content is checked by the ``validate_inputs`` step."""
     if ('initial_dataset' in inputs) == ('initial_structures' in inputs):
@@ -82,8 +77,13 @@ def _validate_inputs(inputs: dict, _) -> str | None:
     return None
 
 
-class ActiveLearningWorkChain(WorkChain):
+class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
     """An active-learning campaign for a machine-learned interatomic potential (see the module docstring)."""
+
+    @classmethod
+    def get_protocol_filepath(cls) -> pathlib.Path:
+        """The YAML of the protocols (``fast``, ``balanced``, ``stringent``) and of the strategy presets."""
+        return PROTOCOL_FILE
 
     @classmethod
     def define(cls, spec):
@@ -252,16 +252,15 @@ class ActiveLearningWorkChain(WorkChain):
             ``{'engine': 'ase', 'ase': {'code': code, 'calculator': 'ase.calculators.emt.EMT'}}``.
         :param overrides: nested dictionary merged last (same keys as the YAML).
         """
-        data = load_protocol_file()
+        data = cls._load_protocol_file()
         protocol = protocol or data['default_protocol']
         if protocol not in data['protocols']:
             raise ValueError(f'unknown protocol {protocol!r}; choose one of {sorted(data["protocols"])}')
         if strategy not in data['strategies']:
             raise ValueError(f'unknown strategy {strategy!r}; choose one of {sorted(data["strategies"])}')
-        inputs = deep_merge(data['default_inputs'], data['protocols'][protocol])
-        inputs = deep_merge(inputs, data['strategies'][strategy])
-        inputs = deep_merge(inputs, overrides or {})
-        inputs.pop('description', None)
+        preset = {key: value for key, value in data['strategies'][strategy].items() if key != 'description'}
+        # aiida-quantumespresso's merge order: default inputs, protocol, then the overrides (here preset + user's)
+        inputs = cls.get_protocol_inputs(protocol, deep_merge(preset, dict(overrides or {})))
         builder = cls.get_builder()
         builder.code = code
         if 'energy' in structures.labels:

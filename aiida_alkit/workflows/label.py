@@ -65,7 +65,7 @@ def gather_labels(max_force: orm.Float, failed: orm.Dict, **items: orm.Data) -> 
     """
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from aiida_alkit.workflows.labelling import GPA_PER_EV_PER_ANG3
+    from aiida_alkit.workflows.labelling import stress_from_pw
 
     failures = dict(failed.get_dict())
     labelled = []
@@ -81,10 +81,7 @@ def gather_labels(max_force: orm.Float, failed: orm.Dict, **items: orm.Data) -> 
             continue
         results: dict[str, Any] = {'energy': float(items[f'parameters__{key}']['energy']), 'forces': forces}
         if 'stress' in trajectory.get_arraynames() and atoms.pbc.all():
-            stress = -np.asarray(trajectory.get_array('stress')[-1]) / GPA_PER_EV_PER_ANG3
-            results['stress'] = np.array(
-                [stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2], stress[0, 2], stress[0, 1]]
-            )
+            results['stress'] = stress_from_pw(trajectory.get_array('stress')[-1])
         atoms.calc = SinglePointCalculator(atoms, **results)
         atoms.info = {'pick': key, 'structure_uuid': structure.uuid}
         labelled.append(atoms)

@@ -11,11 +11,21 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from aiida_quantumespresso.workflows.protocols.utils import recursive_merge
+from ase import units
+from ase.stress import full_3x3_to_voigt_6_stress
 
-__all__ = ['GPA_PER_EV_PER_ANG3', 'deep_merge', 'get_pw_builder', 'labelled_atoms_from_pw', 'local_options']
+__all__ = [
+    'GPA_PER_EV_PER_ANG3',
+    'deep_merge',
+    'get_pw_builder',
+    'labelled_atoms_from_pw',
+    'local_options',
+    'stress_from_pw',
+]
 
-#: 1 eV/Å³ in GPa.
-GPA_PER_EV_PER_ANG3 = 160.21766208
+#: 1 eV/Å³ in GPa, from ASE's units (the very float 160.21766208 of CODATA 2014); prefer :func:`stress_from_pw`.
+GPA_PER_EV_PER_ANG3 = 1.0 / units.GPa
 
 
 def local_options(max_wallclock_seconds: int = 3600, mpiprocs: int = 1) -> dict[str, Any]:
@@ -28,14 +38,13 @@ def local_options(max_wallclock_seconds: int = 3600, mpiprocs: int = 1) -> dict[
 
 
 def deep_merge(base: dict, update: Mapping) -> dict:
-    """Copy of ``base`` with ``update`` merged in, nested dictionaries key by key (``update`` wins)."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+    """Copy of ``base`` with ``update`` merged in, nested dictionaries key by key (``update`` wins).
+
+    aiida-quantumespresso's ``recursive_merge`` on deep copies: it copies only the dictionaries it merges, so its
+    result would share every other nested dictionary and list with ``base`` and ``update`` (the protocol file's data,
+    a caller's overrides), and a later change to the result would change them too.
+    """
+    return recursive_merge(copy.deepcopy(base), copy.deepcopy(dict(update)))
 
 
 def get_pw_builder(
@@ -65,12 +74,18 @@ def get_pw_builder(
     )
 
 
+def stress_from_pw(stress: Any) -> np.ndarray:
+    """ASE's Voigt stress (eV/Å³, positive under tension) from aiida-quantumespresso's 3x3 stress (GPa, QE's sign:
+    positive when compressed): ``-stress / 160.2177`` in ASE's order xx, yy, zz, yz, xz, xy."""
+    return full_3x3_to_voigt_6_stress(-np.asarray(stress, dtype=np.float64) / GPA_PER_EV_PER_ANG3)
+
+
 def labelled_atoms_from_pw(node) -> Any:
     """The labelled configuration of a finished ``PwBaseWorkChain`` (or ``PwCalculation``) as ``ase.Atoms``.
 
     Energy from ``output_parameters['energy']`` (eV), forces from the last frame of ``output_trajectory`` (eV/Å),
     stress converted from aiida-quantumespresso's GPa (QE's sign: positive = compressed) to ASE's eV/Å³ convention
-    (positive = under tension): ``stress_ase = -stress_qe / 160.2177``.
+    (positive = under tension) by :func:`stress_from_pw`.
 
     :raises ValueError: if the node did not finish successfully or lacks forces.
     """
@@ -88,10 +103,7 @@ def labelled_atoms_from_pw(node) -> Any:
         raise ValueError(f'{node.process_label}<{node.pk}> has no forces in its output trajectory')
     results = {'energy': float(parameters['energy']), 'forces': np.asarray(trajectory.get_array('forces')[-1])}
     if 'stress' in trajectory.get_arraynames():
-        stress = -np.asarray(trajectory.get_array('stress')[-1]) / GPA_PER_EV_PER_ANG3
-        results['stress'] = np.array(
-            [stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2], stress[0, 2], stress[0, 1]]
-        )
+        results['stress'] = stress_from_pw(trajectory.get_array('stress')[-1])
     atoms.calc = SinglePointCalculator(atoms, **results)
     atoms.info['label_uuid'] = node.uuid
     return atoms

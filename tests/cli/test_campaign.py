@@ -76,6 +76,9 @@ def test_not_a_campaign(aiida_profile):
     result = CliRunner().invoke(main, ['campaign', 'status', str(node.pk)])
     assert result.exit_code != 0
     assert 'not an ActiveLearningWorkChain' in result.output
+    result = CliRunner().invoke(main, ['campaign', 'report', '987654321'])
+    assert result.exit_code == 2
+    assert "Invalid value for 'IDENTIFIER': no Node found with ID<987654321>" in result.output
 
 
 @pytest.fixture(scope='module')

@@ -30,3 +30,25 @@ def test_import_bad_file_names_the_problem(aiida_profile, tmp_path, copper_struc
     result = CliRunner().invoke(main, ['dataset', 'import', str(tmp_path / 'bad.extxyz')])
     assert result.exit_code != 0
     assert 'configuration 1: atoms overlap' in result.output
+
+
+def test_wrong_identifiers_are_named(aiida_profile, copper_structures):
+    from aiida import orm
+
+    from aiida_alkit.data import DatasetData
+
+    runner = CliRunner()
+    integer = orm.Int(3).store()
+    result = runner.invoke(main, ['dataset', 'show', str(integer.pk)])
+    assert result.exit_code == 2  # click's usage error, not a traceback
+    assert f"Invalid value for 'IDENTIFIER': node {integer.pk} is a Int, not a DatasetData" in result.output
+    result = runner.invoke(main, ['dataset', 'export', '987654321', 'out.extxyz'])
+    assert result.exit_code == 2
+    assert 'no Node found with ID<987654321>' in result.output
+    dataset = DatasetData.from_atoms(copper_structures[:2])
+    dataset.label = 'two copper cells'
+    dataset.store()
+    for identifier in (dataset.uuid, 'two copper cells'):  # uuid and label as verdi takes them
+        result = runner.invoke(main, ['dataset', 'show', identifier])
+        assert result.exit_code == 0, result.output
+        assert 'count          2' in result.output

@@ -10,7 +10,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from aiida_alkit.io.arrays import ConfigurationArrays
+from aiida_alkit.io.arrays import ConfigurationArrays, concatenated_ranges
 
 
 def _assert_same_atoms(a, b):
@@ -149,3 +149,55 @@ def test_zero_volume_periodic_cell():
 def test_not_atoms():
     with pytest.raises(ValueError, match=r'configuration 0: expected an ase\.Atoms'):
         ConfigurationArrays.from_atoms(['Cu'])
+
+
+def _former_voigt_to_full(stress):
+    """The hand-written conversion ``io.arrays`` had before it used ``ase.stress`` (the reference of the tests)."""
+    xx, yy, zz, yz, xz, xy = stress
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+
+
+def _former_full_to_voigt(stress):
+    return np.array([stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2], stress[0, 2], stress[0, 1]])
+
+
+def _with_stress(stresses):
+    structures = []
+    for stress in stresses:
+        atoms = bulk('Cu', 'fcc', a=3.61, cubic=True)
+        atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=np.zeros((4, 3)), stress=stress)
+        structures.append(atoms)
+    return ConfigurationArrays.from_atoms(structures)
+
+
+def test_stress_conversions_equal_the_former_ones(rng):
+    voigt = rng.normal(size=(7, 6))
+    arrays = _with_stress(voigt)
+    np.testing.assert_array_equal(arrays.stress, [_former_voigt_to_full(row) for row in voigt])
+    back = np.array([atoms.get_stress() for atoms in arrays.to_atoms()])
+    np.testing.assert_array_equal(back, [_former_full_to_voigt(_former_voigt_to_full(row)) for row in voigt])
+    np.testing.assert_array_equal(back, voigt)  # the round trip is exact
+    full = rng.normal(size=(5, 3, 3))
+    symmetric = full + full.transpose(0, 2, 1)  # a stress tensor is symmetric
+    exported = np.array([atoms.get_stress() for atoms in _with_stress(symmetric).to_atoms()])
+    np.testing.assert_array_equal(exported, [_former_full_to_voigt(tensor) for tensor in symmetric])
+
+
+def test_asymmetric_stress_exports_its_symmetric_part(rng):
+    """The one difference from the former conversion: ASE averages yz/zy, xz/zx, xy/yx (the upper triangle before)."""
+    full = rng.normal(size=(3, 3))
+    exported = _with_stress([full]).get_atoms(0).get_stress()
+    np.testing.assert_array_equal(exported[:3], np.diag(full))
+    np.testing.assert_array_equal(exported[3:], (full + full.T)[[1, 0, 0], [2, 2, 1]] / 2)  # yz, xz, xy
+
+
+def test_concatenated_ranges(rng):
+    starts = rng.integers(0, 100, size=20)
+    lengths = rng.integers(0, 5, size=20)
+    lengths[[0, 7]] = 0  # empty ranges are skipped
+    expected = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)])
+    result = concatenated_ranges(starts, lengths)
+    assert result.dtype == np.int64
+    np.testing.assert_array_equal(result, expected)
+    assert concatenated_ranges(np.array([3, 9]), np.array([0, 0])).shape == (0,)
+    np.testing.assert_array_equal(concatenated_ranges([5, 0], np.array([2, 3], dtype=np.int32)), [5, 6, 0, 1, 2])

@@ -1,18 +1,28 @@
-"""Real pw.x labels through aiida-quantumespresso's PwBaseWorkChain (small Al cells, a few seconds each)."""
+"""Real pw.x labels through aiida-quantumespresso's PwBaseWorkChain (small Al cells, a few seconds each), and the
+conversion of its outputs and the merging of settings against the former hand-written versions (no pw.x)."""
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from aiida import orm
+from aiida.common import AttributeDict
 from aiida.engine import run_get_node
 from ase import Atoms
 from ase.build import bulk
 
 from aiida_alkit.profile import PSEUDO_FAMILY, PW_CODE, ensure_resources
-from aiida_alkit.workflows.labelling import get_pw_builder, labelled_atoms_from_pw
-
-pytestmark = pytest.mark.pwx
+from aiida_alkit.workflows.labelling import (
+    GPA_PER_EV_PER_ANG3,
+    deep_merge,
+    get_pw_builder,
+    labelled_atoms_from_pw,
+    stress_from_pw,
+)
 
 
 @pytest.fixture
@@ -31,6 +41,7 @@ def _label(code, atoms):
     return labelled_atoms_from_pw(node)
 
 
+@pytest.mark.pwx
 def test_compressed_cell_has_negative_ase_stress(pw_code):
     atoms = _label(pw_code, bulk('Al', 'fcc', a=3.80))  # 6 % compressed: pushes outwards
     stress = atoms.get_stress()
@@ -40,6 +51,7 @@ def test_compressed_cell_has_negative_ase_stress(pw_code):
     assert -100 < atoms.get_potential_energy() / len(atoms) < -10  # eV/atom for a 3-electron Al pseudo
 
 
+@pytest.mark.pwx
 def test_displaced_atom_feels_restoring_force(pw_code):
     atoms = Atoms('Al2', cell=np.diag([2.86, 2.86, 4.05]), pbc=True, scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]])
     atoms.positions[1, 2] += 0.15  # push atom 1 along +z towards its image
@@ -50,6 +62,7 @@ def test_displaced_atom_feels_restoring_force(pw_code):
     assert labelled.info['label_uuid']
 
 
+@pytest.mark.pwx
 def test_smoke_job(pw_code):
     from aiida_alkit.cli.demo import run_smoke
     from aiida_alkit.data import DatasetData
@@ -62,3 +75,92 @@ def test_smoke_job(pw_code):
     assert 'energy -' in text
     stored = orm.QueryBuilder().append(DatasetData, filters={'label': 'alkit smoke: labelled by pw.x'}).all(flat=True)
     assert stored and stored[-1].labels == ['energy', 'forces', 'stress']
+
+
+def _former_deep_merge(base: dict, update: Mapping) -> dict:
+    """``deep_merge`` as it was written by hand before it used aiida-quantumespresso's ``recursive_merge``."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _former_deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _former_stress(stress_gpa):
+    stress = -np.asarray(stress_gpa) / 160.21766208
+    return np.array([stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2], stress[0, 2], stress[0, 1]])
+
+
+MERGE_CASES = [
+    ({'a': 1, 'b': {'c': 2, 'd': [1, 2]}}, {'b': {'d': [3]}, 'e': None}),
+    ({'a': {'b': {'c': 1}}, 'x': 5}, {'a': {'b': None}, 'x': {'y': 1}}),  # None and a dict replace a dict / a number
+    ({'a': {'b': 1}}, {'a': 'flat'}),
+    ({'schedule': {'temperatures': [300]}, 'max_rounds': 3}, {}),
+    ({}, {'new': {'nested': [1, {'deep': 2}]}}),
+]
+
+
+@pytest.mark.parametrize(('base', 'update'), MERGE_CASES)
+def test_deep_merge_as_before(base, update):
+    merged = deep_merge(base, update)
+    assert merged == _former_deep_merge(base, update)
+    assert list(merged) == list(_former_deep_merge(base, update))  # same key order
+
+
+def test_deep_merge_shares_nothing_with_its_inputs():
+    base = {'train': {'parameters': {'widths': [32, 32]}}, 'select': {'batch_size': 4}}
+    update = {'explore': {'steps': [10, 20]}, 'train': {'options': {}}}
+    before = copy.deepcopy((base, update))
+    merged = deep_merge(base, update)
+    merged['train']['parameters']['widths'].append(64)
+    merged['select']['batch_size'] = 8
+    merged['explore']['steps'].clear()
+    assert (base, update) == before
+
+
+def test_gpa_constant_is_the_former_float():
+    assert GPA_PER_EV_PER_ANG3 == 160.21766208
+
+
+def test_stress_from_pw_as_before(rng):
+    for _ in range(5):
+        full = rng.normal(scale=10.0, size=(3, 3))
+        symmetric = full + full.T  # QE prints a symmetric tensor
+        np.testing.assert_array_equal(stress_from_pw(symmetric), _former_stress(symmetric))
+    compressed = np.diag([5.0, 5.0, 5.0])  # GPa, QE's sign: positive when compressed
+    np.testing.assert_allclose(stress_from_pw(compressed), [-5.0 / 160.21766208] * 3 + [0.0] * 3)
+
+
+class _Array:
+    def __init__(self, **arrays):
+        self.arrays = arrays
+
+    def get_arraynames(self):
+        return list(self.arrays)
+
+    def get_array(self, name):
+        return self.arrays[name]
+
+
+def test_labelled_atoms_from_pw_without_pw(rng):
+    """The conversion on a stand-in for a finished PwBaseWorkChain: energy, last forces, stress as before."""
+    atoms = bulk('Al', 'fcc', a=4.0, cubic=True)
+    stress = rng.normal(size=(2, 3, 3))
+    stress = stress + stress.transpose(0, 2, 1)
+    forces = rng.normal(size=(2, 4, 3))
+    node = SimpleNamespace(
+        is_finished_ok=True,
+        uuid='0123',
+        inputs=AttributeDict({'pw': SimpleNamespace(structure=SimpleNamespace(get_ase=atoms.copy))}),
+        outputs=SimpleNamespace(
+            output_parameters=SimpleNamespace(get_dict=lambda: {'energy': -12.5}),
+            output_trajectory=_Array(forces=forces, stress=stress),
+        ),
+    )
+    labelled = labelled_atoms_from_pw(node)
+    assert labelled.get_potential_energy() == -12.5
+    np.testing.assert_array_equal(labelled.get_forces(), forces[-1])
+    np.testing.assert_array_equal(labelled.get_stress(), _former_stress(stress[-1]))
+    assert labelled.info['label_uuid'] == '0123'
