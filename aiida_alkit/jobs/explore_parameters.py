@@ -158,7 +158,7 @@ class MonteCarloParameters:
     cell: int = 1
     """Cell-shape attempts per walker and round (needs ``pressure_GPa``)."""
     max_log_volume_change: float = 0.02
-    """Largest |Δ ln V| of a volume move, in (0, 0.5]."""
+    """Largest change of ln V in a volume move, in (0, 0.5]."""
     cell_strain: float = 0.01
     """Largest strain component of a cell move, in (0, 0.5]."""
 

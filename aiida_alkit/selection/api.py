@@ -18,6 +18,7 @@ candidate).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,18 @@ import numpy as np
 from aiida_alkit.selection.greedy import nearest_training_distance, paper_sigma2, posterior_transform, select_batch
 from aiida_alkit.selection.windows import alkpu_window, committee_trust_window, random_selection
 
-__all__ = ['FEATURE_METHODS', 'METHODS', 'TRAIN_CENTRE_METHODS', 'Selection', 'select', 'transformed_features']
+__all__ = [
+    'FEATURE_METHODS',
+    'METHODS',
+    'SELECTOR_ENTRY_POINT_GROUP',
+    'TRAIN_CENTRE_METHODS',
+    'Selection',
+    'select',
+    'select_by_features',
+    'select_in_window',
+    'selectors',
+    'transformed_features',
+]
 
 FEATURE_METHODS = ('maxdet', 'maxdist', 'lcmd', 'maxdiag', 'maxvol')
 WINDOW_METHODS = ('alkpu', 'trust')
@@ -111,33 +123,58 @@ def _hal_stops(batch_size: int, scores: dict[str, np.ndarray]) -> Selection:
     )
 
 
-def select(
+#: Entry-point group through which a plugin package adds selection methods: each entry point names a function with
+#: the keyword interface of :func:`select` (``method``, ``batch_size``, ``pool_features``, ``train_features``,
+#: ``scores``, ``seed`` and the method's own options, ``**_`` for the rest) that returns a :class:`Selection`.
+SELECTOR_ENTRY_POINT_GROUP = 'alkit.selectors'
+#: name -> selector of the built-in methods (:data:`METHODS`); plugins join through :func:`selectors`.
+BUILTIN_SELECTORS: dict[str, Callable[..., Selection]] = {}
+
+
+def selectors() -> dict[str, Callable[..., Selection]]:
+    """Every selection method: the built-in ones and those of installed plugins (entry-point group
+    :data:`SELECTOR_ENTRY_POINT_GROUP`; a plugin cannot replace a built-in method)."""
+    from importlib.metadata import entry_points
+
+    found = dict(BUILTIN_SELECTORS)
+    for entry_point in entry_points(group=SELECTOR_ENTRY_POINT_GROUP):
+        found.setdefault(entry_point.name.lower(), entry_point.load())
+    return found
+
+
+def select(method: str, batch_size: int, **inputs: Any) -> Selection:
+    """Select a batch from a candidate pool with the selector of ``method`` (:func:`selectors`).
+
+    :param method: one of :data:`METHODS` or a plugin's method.
+    :param batch_size: number of picks (the cap of window methods).
+    :param inputs: what the method reads: ``pool_features`` (N, d) and ``train_features`` (M, d) gradient features
+        (feature methods); ``scores``, per-candidate arrays: ``kpu`` (alkpu), ``max_force_deviation`` in eV/Å (trust),
+        ``hal_stop`` and ``relative_force_uncertainty`` (hal), ``calibrated_uncertainty`` in eV/Å (``uncertain_above``);
+        ``seed``; and the method's options (:func:`select_by_features`, :func:`select_in_window`).
+    :raises ValueError: for an unknown method, missing inputs or a batch larger than the pool.
+    """
+    method = method.lower()
+    available = selectors()
+    if method not in available:
+        raise ValueError(f'unknown selection method {method!r}; choose one of {tuple(available)}')
+    inputs['scores'] = inputs.get('scores') or {}
+    return available[method](method=method, batch_size=batch_size, **inputs)
+
+
+def select_by_features(
     method: str,
     batch_size: int,
     *,
     pool_features: np.ndarray | None = None,
     train_features: np.ndarray | None = None,
-    scores: dict[str, np.ndarray] | None = None,
-    seed: int = 0,
+    scores: dict[str, np.ndarray],
     posterior: bool = True,
     sigma2: float | None = None,
-    kpu_trained: float | None = None,
-    c0: float = 1.25,
-    c1: float = 2.0,
-    lo: float | None = None,
-    hi: float | None = None,
-    n_pool: int | None = None,
     uncertain_above: float | None = None,
     **options: Any,
 ) -> Selection:
-    """Select a batch from a candidate pool.
+    """The feature methods (:data:`FEATURE_METHODS`, module docstring).
 
-    :param method: one of :data:`METHODS`.
-    :param batch_size: number of picks (the cap of window methods).
-    :param pool_features: (N, d) gradient features of the candidates (feature methods).
-    :param train_features: (M, d) features of the training set (feature methods).
-    :param scores: per-candidate arrays: ``kpu`` (alkpu), ``max_force_deviation`` in eV/Å (trust), ``hal_stop``
-        and ``relative_force_uncertainty`` (hal: the walkers' HAL stop frames and their max f_i).
     :param posterior: feature methods use the GP kernel: pool and training features both posterior-transformed
         (seed 001 eq. 21-23; σ² from ``sigma2`` or the paper's data-dependent choice); the candidate score is then the
         posterior variance. False: the FEAT kernel (score: distance to the nearest training point for MaxDist and
@@ -145,56 +182,71 @@ def select(
         training points how.
     :param options: method options, e.g. ``gamma_select`` of ``maxvol`` (default 2): candidates whose extrapolation
         grade is at most this count as accurate (seed 004), the scores are the grades.
-    :param uncertain_above: feature methods only: candidates whose ``scores['calibrated_uncertainty']`` (eV/Å) is at
-        most this are *accurate*; the batch is chosen among the others (seed 003's calibrated threshold; DP-GEN's
-        accurate ratio then measures convergence). None: every candidate may be picked.
-    :raises ValueError: for an unknown method, missing inputs or a batch larger than the pool.
+    :param uncertain_above: candidates whose ``scores['calibrated_uncertainty']`` (eV/Å) is at most this are
+        *accurate*; the batch is chosen among the others (seed 003's calibrated threshold; DP-GEN's accurate ratio
+        then measures convergence). None: every candidate may be picked.
     """
-    scores = scores or {}
-    method = method.lower()
-    if method not in METHODS:
-        raise ValueError(f'unknown selection method {method!r}; choose one of {METHODS}')
-    if method in FEATURE_METHODS:
-        if pool_features is None or train_features is None:
-            raise ValueError(f'method {method!r} needs pool_features and train_features')
-        pool = np.asarray(pool_features, dtype=np.float64)
-        train = np.asarray(train_features, dtype=np.float64)
-        n = pool.shape[0]
-        eligible = np.arange(n)
-        if uncertain_above is not None:
-            if 'calibrated_uncertainty' not in scores:
-                raise ValueError('uncertain_above needs scores["calibrated_uncertainty"] (eV/Å) from the exploration')
-            calibrated = np.asarray(scores['calibrated_uncertainty'], dtype=np.float64)
-            eligible = np.flatnonzero(~(calibrated <= float(uncertain_above)))  # NaN counts as uncertain
-        grades = None
-        if method == 'maxvol' and uncertain_above is None:  # seed 004: gamma <= gamma_select is reliable (accurate)
-            from aiida_alkit.uncertainty.doptimal import DEFAULT_GAMMA_SELECT, ActiveSet
+    options = {key: value for key, value in options.items() if key not in _SHARED_INPUTS}
+    if pool_features is None or train_features is None:
+        raise ValueError(f'method {method!r} needs pool_features and train_features')
+    pool = np.asarray(pool_features, dtype=np.float64)
+    train = np.asarray(train_features, dtype=np.float64)
+    n = pool.shape[0]
+    eligible = np.arange(n)
+    if uncertain_above is not None:
+        if 'calibrated_uncertainty' not in scores:
+            raise ValueError('uncertain_above needs scores["calibrated_uncertainty"] (eV/Å) from the exploration')
+        calibrated = np.asarray(scores['calibrated_uncertainty'], dtype=np.float64)
+        eligible = np.flatnonzero(~(calibrated <= float(uncertain_above)))  # NaN counts as uncertain
+    grades = None
+    if method == 'maxvol' and uncertain_above is None:  # seed 004: gamma <= gamma_select is reliable (accurate)
+        from aiida_alkit.uncertainty.doptimal import DEFAULT_GAMMA_SELECT, ActiveSet
 
-            gamma_select = float(options.get('gamma_select', DEFAULT_GAMMA_SELECT))
-            active = ActiveSet(gamma_select=gamma_select, gamma_break=max(gamma_select, 10.0)).fit(train)
-            grades = np.atleast_1d(np.asarray(active.extrapolation_grade(pool), dtype=np.float64))
-            eligible = np.flatnonzero(grades > gamma_select)
-        pool, train = transformed_features(pool, train, posterior and method != 'maxvol', sigma2)
-        candidate_scores = grades if grades is not None else _feature_scores(method, pool, train, posterior)
-        indices, gains, status = np.zeros(0, dtype=np.int64), np.zeros(0), None
-        if eligible.size:
-            restricted = uncertain_above is not None or grades is not None
-            size = min(batch_size, eligible.size) if restricted else batch_size
-            result = select_batch(method, pool[eligible], *_mode_arguments(method, train), size, **options)
-            indices, gains, status = eligible[result.indices], result.gains, result.status
-        return Selection(
-            method=method,
-            indices=indices,
-            gains=gains,
-            scores=candidate_scores,
-            ranks=_ranks(n, indices),
-            n_accurate=int(n - eligible.size),
-            n_candidate=int(eligible.size),
-            n_failed=0,
-            status=status,
-        )
-    if method == 'hal':
-        return _hal_stops(batch_size, scores)
+        gamma_select = float(options.get('gamma_select', DEFAULT_GAMMA_SELECT))
+        active = ActiveSet(gamma_select=gamma_select, gamma_break=max(gamma_select, 10.0)).fit(train)
+        grades = np.atleast_1d(np.asarray(active.extrapolation_grade(pool), dtype=np.float64))
+        eligible = np.flatnonzero(grades > gamma_select)
+    pool, train = transformed_features(pool, train, posterior and method != 'maxvol', sigma2)
+    candidate_scores = grades if grades is not None else _feature_scores(method, pool, train, posterior)
+    indices, gains, status = np.zeros(0, dtype=np.int64), np.zeros(0), None
+    if eligible.size:
+        restricted = uncertain_above is not None or grades is not None
+        size = min(batch_size, eligible.size) if restricted else batch_size
+        result = select_batch(method, pool[eligible], *_mode_arguments(method, train), size, **options)
+        indices, gains, status = eligible[result.indices], result.gains, result.status
+    return Selection(
+        method=method,
+        indices=indices,
+        gains=gains,
+        scores=candidate_scores,
+        ranks=_ranks(n, indices),
+        n_accurate=int(n - eligible.size),
+        n_candidate=int(eligible.size),
+        n_failed=0,
+        status=status,
+    )
+
+
+#: Inputs :func:`select` passes to every selector; the feature methods do not forward them to the greedy step.
+_SHARED_INPUTS = ('seed', 'n_pool', 'kpu_trained', 'c0', 'c1', 'lo', 'hi')
+
+
+def select_in_window(
+    method: str,
+    batch_size: int,
+    *,
+    scores: dict[str, np.ndarray],
+    seed: int = 0,
+    kpu_trained: float | None = None,
+    c0: float = 1.25,
+    c1: float = 2.0,
+    lo: float | None = None,
+    hi: float | None = None,
+    n_pool: int | None = None,
+    **_: Any,
+) -> Selection:
+    """The window methods and the baseline: ``alkpu`` (KPU window c0, c1 around ``kpu_trained``, seed 000), ``trust``
+    (committee force-deviation window [``lo``, ``hi``] eV/Å, DP-GEN) and ``random`` (``n_pool`` candidates)."""
     if method == 'random':
         n = n_pool if n_pool is not None else len(next(iter(scores.values()))) if scores else None
         if n is None:
@@ -223,3 +275,14 @@ def select(
         n_candidate=window.n_candidate,
         n_failed=window.n_failed,
     )
+
+
+def _select_hal_stops(method: str, batch_size: int, *, scores: dict[str, np.ndarray], **_: Any) -> Selection:
+    return _hal_stops(batch_size, scores)
+
+
+BUILTIN_SELECTORS.update(
+    {name: select_by_features for name in FEATURE_METHODS}
+    | {name: select_in_window for name in (*WINDOW_METHODS, 'random')}
+    | {'hal': _select_hal_stops}
+)

@@ -50,6 +50,7 @@ from aiida_alkit.data.potential import PotentialData, PotentialFileError
 from aiida_alkit.workflows.explore import ExploreWorkChain
 from aiida_alkit.workflows.label import LabelWorkChain, failure_reason, failure_record
 from aiida_alkit.workflows.labelling import deep_merge
+from aiida_alkit.workflows.strategies import get_strategy
 from aiida_alkit.workflows.train import TrainWorkChain
 from aiida_alkit.workflows.validation import (
     SETTING_RULES,
@@ -256,9 +257,7 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
         protocol = protocol or data['default_protocol']
         if protocol not in data['protocols']:
             raise ValueError(f'unknown protocol {protocol!r}; choose one of {sorted(data["protocols"])}')
-        if strategy not in data['strategies']:
-            raise ValueError(f'unknown strategy {strategy!r}; choose one of {sorted(data["strategies"])}')
-        preset = {key: value for key, value in data['strategies'][strategy].items() if key != 'description'}
+        preset = get_strategy(strategy).preset  # ValueError naming the choices for an unknown strategy
         # aiida-quantumespresso's merge order: default inputs, protocol, then the overrides (here preset + user's)
         inputs = cls.get_protocol_inputs(protocol, deep_merge(preset, dict(overrides or {})))
         builder = cls.get_builder()

@@ -20,6 +20,7 @@ import numpy as np
 
 from aiida_alkit.io.arrays import MIN_INTERATOMIC_DISTANCE, ConfigurationArrays
 from aiida_alkit.jobs.explore_parameters import ExploreParameters, explore_problem
+from aiida_alkit.workflows.strategies import builtin_strategies, strategies
 
 __all__ = [
     'EXPLORE_DEFAULTS',
@@ -38,7 +39,8 @@ __all__ = [
     'scheduled_value',
 ]
 
-STRATEGIES = ('gradient', 'alkpu', 'hal', 'dpgen', 'dopt', 'random')
+#: The built-in strategies (:mod:`aiida_alkit.workflows.strategies`; plugins may add more).
+STRATEGIES = tuple(builtin_strategies())
 #: Explore settings a schedule may set per round, and the schedule list of each (K, GPa, MD steps, walkers).
 SCHEDULED_SETTINGS = {
     'temperature_K': 'temperatures',
@@ -52,8 +54,7 @@ SCHEDULE_KEYS = tuple(SCHEDULED_SETTINGS.values())
 VOLUME_PER_ATOM_RANGE = (2.0, 200.0)
 #: Largest pressure magnitude (GPa) an exploration may ask for; beyond it the value is in the wrong unit (Pa, bar).
 MAX_PRESSURE_GPA = 1000.0
-#: Defaults the explore job applies when a setting is absent (:class:`~aiida_alkit.jobs.explore_parameters.
-#: ExploreParameters`).
+#: Defaults the explore job applies when a setting is absent (from ``ExploreParameters``).
 EXPLORE_DEFAULTS = {
     key: getattr(ExploreParameters(), key)
     for key in ('temperature_K', 'pressure_GPa', 'steps', 'walkers', 'sample_every')
@@ -210,18 +211,19 @@ def _md_setting_problem(key: str, value: Any) -> str | None:
 def _settings_problem(inputs: CampaignInputs) -> Problem | None:
     """Strategy, selection method, campaign scalars and train parameters."""
     from aiida_alkit.calculations.train import validate_train_parameters
-    from aiida_alkit.selection.api import METHODS
+    from aiida_alkit.selection.api import selectors
 
-    if inputs.strategy not in STRATEGIES:
-        return Problem('ERROR_UNKNOWN_STRATEGY', {'strategy': inputs.strategy, 'choices': ', '.join(STRATEGIES)})
+    known = tuple(strategies())
+    if inputs.strategy not in known:
+        return Problem('ERROR_UNKNOWN_STRATEGY', {'strategy': inputs.strategy, 'choices': ', '.join(known)})
     for key, (valid, reason) in SETTING_RULES.items():
         if key in inputs.settings and not valid(inputs.settings[key]):  # NaN fails every rule
             return Problem(
                 'ERROR_INVALID_CAMPAIGN_SETTING', {'key': key, 'value': inputs.settings[key], 'reason': reason}
             )
-    method = inputs.select.get('method')
-    if not isinstance(method, str) or method.lower() not in METHODS:
-        return Problem('ERROR_UNKNOWN_SELECTION_METHOD', {'method': method, 'choices': ', '.join(METHODS)})
+    method, methods = inputs.select.get('method'), tuple(selectors())
+    if not isinstance(method, str) or method.lower() not in methods:
+        return Problem('ERROR_UNKNOWN_SELECTION_METHOD', {'method': method, 'choices': ', '.join(methods)})
     message = validate_train_parameters(inputs.train)
     if message:
         return Problem('ERROR_INVALID_TRAIN_PARAMETERS', {'message': message})
@@ -339,7 +341,7 @@ def _species_problem(inputs: CampaignInputs) -> Problem | None:
     if isinstance(inputs.potential, tuple):
         label, hyperparameters = inputs.potential
         sources.append((f'initial_potential PotentialData<{label}>', list(hyperparameters['species'])))
-    if not sources:
+    if not sources and inputs.datasets:
         name, content = next(iter(inputs.datasets.items()))
         sources.append((f'built from the species of {name}', list(content.species)))
     for source, known in sources:
