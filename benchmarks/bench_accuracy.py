@@ -16,13 +16,13 @@ every 20 steps (100 fs). Energies, forces and stresses of the kept frames are EM
 Models (GM-NN, ``aiida_alkit.models.gmnn``; cutoff 5 Å, 9 Gaussians, 7 radial functions, d_0 = 910):
 
 * (a) Adam: ``GMNNHyperparameters(species=['Cu'])`` (910-512-512-1, float32) trained by
-  :func:`~aiida_alkit.models.training.train_adam` with the papers' learning rates, batch 32, energy + force +
+  :func:`~aiida_alkit.models.training.train` (Adam) with the papers' learning rates, batch 32, energy + force +
   stress loss, linear decay to zero over ``--adam-epochs`` (200) epochs and restoring the best validation epoch.
 * (b) RLEKF: the same representation with a 910-32-32-1 network in float64 (30 306 parameters), trained by
-  :func:`~aiida_alkit.models.rlekf.train_rlekf` (Algorithm 5 of seeds/000: one energy update and 4 force updates
-  of 6 atoms per configuration, batch 1, 4 epochs) with ``block_size`` 1024 (P: 32 blocks, 0.25 GB) and the
-  automatic P_0 of :class:`~aiida_alkit.models.rlekf.RLEKFConfig` (``--p0`` sets it by hand; the paper's P_0 = I
-  learns far too slowly for a GM-NN whose output scale c of eq. 4 is ~0.05 eV here);
+  :func:`~aiida_alkit.models.training.train` with ``optimizer='rlekf'`` (Algorithm 5 of seeds/000: one energy
+  update and 4 force updates of 6 atoms per configuration, batch 1, 4 epochs) with ``block_size`` 1024 (P: 32
+  blocks, 0.25 GB) and the automatic P_0 of :class:`~aiida_alkit.models.rlekf.RLEKFConfig` (``--p0`` sets it by
+  hand; the paper's P_0 = I learns far too slowly for a GM-NN whose output scale c of eq. 4 is ~0.05 eV here);
   the weights of the last epoch are used (RLEKF has no best-epoch restoring). The default 512x512 network would
   need a 59 GB P.
   RLEKF fits energies and forces only (no stress measurement).
@@ -183,21 +183,21 @@ def _report_errors(prefix: str, errors: dict[str, float]) -> None:
 
 # ---------------------------------------------------------------------------------------------------- training
 def train_with_adam(
-    prefix: str, hidden: tuple[int, ...], dtype: str, epochs: int, train: Any, valid: Any, sets: dict[str, Any]
+    prefix: str, hidden: tuple[int, ...], dtype: str, epochs: int, train_set: Any, valid: Any, sets: dict[str, Any]
 ) -> dict[str, Any]:
     from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
-    from aiida_alkit.models.training import TrainingConfig, train_adam
+    from aiida_alkit.models.training import TrainingConfig, log_progress, train
 
     hyperparameters = GMNNHyperparameters(species=['Cu'], hidden_widths=hidden, dtype=dtype, seed=0)
     model = GMNN(hyperparameters)
-    config = TrainingConfig(epochs=epochs, batch_size=32, seed=0, log_every=max(1, epochs // 10), callback=log)
+    config = TrainingConfig(epochs=epochs, batch_size=32, seed=0, log_every=max(1, epochs // 10))
     n_parameters = sum(p.numel() for p in model.parameters())
     log(
         f'[{prefix}] Adam: {hyperparameters.n_features}-{"-".join(map(str, hidden))}-1 {dtype}, '
-        f'{n_parameters} parameters, {epochs} epochs, {len(train)} train / {len(valid)} valid'
+        f'{n_parameters} parameters, {epochs} epochs, {len(train_set)} train / {len(valid)} valid'
     )
     started = time.perf_counter()
-    result = train_adam(model, train, valid, config)
+    result = train(model, train_set, valid, config, callback=log_progress(log, config.log_every))
     train_s = time.perf_counter() - started
     errors = errors_of(model, sets)
     _report_errors(prefix, errors)
@@ -225,12 +225,13 @@ def train_with_rlekf(
     epochs: int,
     block_size: int,
     p0: float | None,
-    train: Any,
+    train_set: Any,
     valid: Any,
     sets: dict[str, Any],
 ) -> dict[str, Any]:
     from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
-    from aiida_alkit.models.rlekf import RLEKFConfig, train_rlekf
+    from aiida_alkit.models.rlekf import RLEKFConfig
+    from aiida_alkit.models.training import EpochReport, TrainingConfig, format_report, train
 
     hyperparameters = GMNNHyperparameters(species=['Cu'], hidden_widths=hidden, dtype='float64', seed=0)
     model = GMNN(hyperparameters)
@@ -238,15 +239,11 @@ def train_with_rlekf(
     n_parameters = sum(p.numel() for p in model.parameters())
     started = time.perf_counter()
 
-    def callback(epoch: int, metrics: dict[str, float], optimizer: Any) -> None:
-        log(
-            f'[{prefix}] epoch {epoch:3d}  λ {optimizer.lam:.5f}  E {metrics["train_energy_rmse"] * 1e3:.3f}/'
-            f'{metrics["valid_energy_rmse"] * 1e3:.3f} meV/atom  F {metrics["train_forces_rmse"] * 1e3:.1f}/'
-            f'{metrics["valid_forces_rmse"] * 1e3:.1f} meV/Å (train/valid)  {time.perf_counter() - started:.0f} s'
-        )
+    def callback(report: EpochReport) -> None:
+        log(f'[{prefix}] {format_report(report)}  {time.perf_counter() - started:.0f} s')
 
-    history = train_rlekf(model, train, valid, config, epochs=epochs, batch_size=1, callback=callback)
-    optimizer = history.optimizer
+    settings = TrainingConfig(epochs=epochs, batch_size=1, valid_fraction=0.0)
+    optimizer = train(model, train_set, valid, settings, optimizer='rlekf', rlekf=config, callback=callback).rlekf
     log(
         f'[{prefix}] RLEKF: {hyperparameters.n_features}-{"-".join(map(str, hidden))}-1 float64, '
         f'{n_parameters} parameters, {optimizer.n_blocks} blocks, P {optimizer.memory_bytes() / 1e9:.2f} GB'

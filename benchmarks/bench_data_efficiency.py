@@ -883,14 +883,14 @@ def check_training_frames(settings: Settings, n_temperatures: int = 5, walkers: 
 
 def train_and_test(task: tuple[int, Settings, Any, Any, dict[str, Any]]) -> dict[str, Any]:
     """Train the benchmark's model for ``epochs`` as the train job does (Adam, one thread); its test errors."""
-    epochs, settings, train, valid, sets = task
+    epochs, settings, train_set, valid, sets = task
     from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
-    from aiida_alkit.models.training import TrainingConfig, train_adam
+    from aiida_alkit.models.training import TrainingConfig, train
 
     started = time.perf_counter()
     model = GMNN(GMNNHyperparameters.from_dict({**dict(settings.model), 'species': ['Cu']}), device='cpu')
     config = TrainingConfig(epochs=epochs, batch_size=settings.train_batch_size, num_threads=1, seed=1)
-    result = train_adam(model, train, valid, config)
+    result = train(model, train_set, valid, config)
     errors = test_errors(model, sets)
     return {
         'epochs': epochs,

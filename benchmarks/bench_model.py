@@ -5,8 +5,8 @@ Measured in one run:
     cells; 108 atoms with ``--quick``) divided by the number of atoms, µs, on the CPU, including the neighbour list
     (what one MD step costs); ``per_size`` gives, for 108 and 864 atoms (32 and 108 with ``--quick``), the same
     value (``us_per_atom_step``), the model alone (``model_us_per_atom_step``) and the neighbour list alone;
-  * ``train_epoch_s``: one epoch of :func:`train_adam` over 100 rattled Cu-32 configurations (EMT labels, batch 32;
-    8 configurations with ``--quick``), without the one-off neighbour lists;
+  * ``train_epoch_s``: one Adam epoch of :func:`~aiida_alkit.models.training.train` over 100 rattled Cu-32
+    configurations (EMT labels, batch 32; 8 configurations with ``--quick``), without the one-off neighbour lists;
   * the same on CUDA when ``torch.cuda.is_available()`` (keys prefixed ``cuda_``; ``--device`` picks one);
   * ``ops_per_train_step`` / ``ops_per_md_step``: aten operator calls (torch profiler) of one Adam step on 32 Cu-32
     configurations and of one energy + forces evaluation of Cu-108, and on CUDA the kernel launches of each
@@ -132,11 +132,11 @@ def training_set(n_configs: int):
 
 def time_training_epoch(device: str, data) -> dict[str, float]:
     from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
-    from aiida_alkit.models.training import TrainingConfig, train_adam
+    from aiida_alkit.models.training import TrainingConfig, train
 
     model = GMNN(GMNNHyperparameters(species=['Cu']), device=device)
     start = time.perf_counter()
-    result = train_adam(model, data, None, TrainingConfig(epochs=1, batch_size=32, valid_fraction=0.0))
+    result = train(model, data, None, TrainingConfig(epochs=1, batch_size=32, valid_fraction=0.0))
     return {'train_epoch_s': result.history[1]['time_s'], 'train_total_s': time.perf_counter() - start}
 
 

@@ -47,7 +47,7 @@ batch of 20 from the remaining pool, up to 200 labels; every round a fresh model
 
 Model and training, the same for every method and round, fixed before any method was compared (settings check
 below): GM-NN (``GMNNHyperparameters``: cutoff 4 Å, 5 Gaussians, 3 radial functions, 94 invariants, 32x32 network,
-float32); :func:`~aiida_alkit.models.training.train_adam` on energies and forces (eq. 5: λ_E = 1, λ_F = 12 N_at Å²;
+float32); :func:`~aiida_alkit.models.training.train` (Adam) on energies and forces (eq. 5: λ_E = 1, λ_F = 12 N_at Å²;
 stress weight 0), Adam with seed 001's β and ε and its layer-wise learning rates times 3 (0.09, 0.06, 0.15, 0.003),
 decayed linearly to zero, mini-batches of 4, early stopping on the validation set (the best epoch's weights are
 restored); 128 epochs (seed 001: a fixed number of epochs) but at least 1600 optimiser steps, i.e. 1600 steps for
@@ -504,9 +504,9 @@ def run_campaign(task: tuple[str, int, Settings, str, str, list[dict[str, Any]]]
     import torch
 
     from aiida_alkit.io.arrays import ConfigurationArrays
-    from aiida_alkit.models.committee import Committee, train_committee
+    from aiida_alkit.models.committee import Committee
     from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
-    from aiida_alkit.models.training import GraphDataset, train_adam
+    from aiida_alkit.models.training import GraphDataset, train
     from aiida_alkit.selection.api import select
     from aiida_alkit.selection.greedy import max_diag
     from aiida_alkit.uncertainty.features import compute_features
@@ -531,21 +531,21 @@ def run_campaign(task: tuple[str, int, Settings, str, str, list[dict[str, Any]]]
         if round_index < len(done):
             continue
         assert len(labelled) == target, (method, seed, round_index, len(labelled), target)
-        train = pool.subset(labelled)
+        labelled_set = pool.subset(labelled)
         model_seed = _seed(seed, 5, round_index) % 2**31  # the same initialisation for every method at one seed
-        config = training_config(settings, len(train), model_seed, device)
+        config = training_config(settings, len(labelled_set), model_seed, device)
         hyperparameters = dataclasses.replace(base, seed=model_seed)
         tick, tick_cpu = time.perf_counter(), time.process_time()
         if selection_kind == 'qbc':
             committee = Committee(hyperparameters, n_members=settings.committee_size)
-            committee, results = train_committee(committee, train, valid, config)
+            results = train(committee, labelled_set, valid, config).members
             members = [test_errors(member, graphs) for member in committee.members]
             errors, extra = mean_errors(members), {'committee_mean': error_fields(test_errors(committee, graphs))}
             best_epochs = [result.best_epoch for result in results]
             model = committee
         else:
             model = GMNN(hyperparameters)
-            best_epochs = [train_adam(model, train, valid, config).best_epoch]
+            best_epochs = [train(model, labelled_set, valid, config).best_epoch]
             errors, extra = test_errors(model, graphs), {}
         train_s, train_cpu_s = time.perf_counter() - tick, time.process_time() - tick_cpu
         record: dict[str, Any] = {
@@ -559,7 +559,7 @@ def run_campaign(task: tuple[str, int, Settings, str, str, list[dict[str, Any]]]
             **extra,
             'labelled_per_condition': _counts(conditions_of[labelled]),
             'epochs': config.epochs,
-            'steps': config.epochs * math.ceil(len(train) / min(config.batch_size, len(train))),
+            'steps': config.epochs * math.ceil(len(labelled_set) / min(config.batch_size, len(labelled_set))),
             'best_epoch': best_epochs if len(best_epochs) > 1 else best_epochs[0],
             'train_s': train_s,
             'train_cpu_s': train_cpu_s,
@@ -796,7 +796,7 @@ def check_run(task: tuple[str, int, int, int, float, Settings, str]) -> dict[str
 
     from aiida_alkit.io.arrays import ConfigurationArrays
     from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
-    from aiida_alkit.models.training import train_adam
+    from aiida_alkit.models.training import train
 
     size, n_train, batch_size, steps, lr_scale, settings, folder = task
     torch.set_num_threads(1)
@@ -805,11 +805,11 @@ def check_run(task: tuple[str, int, int, int, float, Settings, str]) -> dict[str
         settings, model=MODEL_SIZES[size], epochs=1, min_steps=steps, train_batch_size=batch_size, lr_scale=lr_scale
     )  # epochs_for(n_train) = ceil(steps / mini-batches per epoch)
     hyperparameters = GMNNHyperparameters(species=['Cu'], **dict(settings.model), seed=0)
-    train = sets['pool'].subset(np.random.default_rng(_seed(0, 3)).choice(len(sets['pool']), n_train, replace=False))
+    chosen = np.random.default_rng(_seed(0, 3)).choice(len(sets['pool']), n_train, replace=False)
     config = training_config(settings, n_train, 0)
     model = GMNN(hyperparameters)
     tick, tick_cpu = time.perf_counter(), time.process_time()
-    result = train_adam(model, train, sets['valid'], config)
+    result = train(model, sets['pool'].subset(chosen), sets['valid'], config)
     train_s, train_cpu_s = time.perf_counter() - tick, time.process_time() - tick_cpu
     record = {
         'benchmark': 'pool_selection_convergence_check',

@@ -1,7 +1,7 @@
 """Exploration check: does uncertainty-biased MD (seeds/003) reach higher uncertainties than unbiased MD?
 
 1. ~40 EMT copper configurations (32 atoms) from short 300 K Langevin MD (``ase.md.langevin``), plus held-out ones;
-2. a small GM-NN trained on them (``train_adam``, tiny settings);
+2. a small GM-NN trained on them (``train``, tiny settings);
 3. the posterior uncertainty of sketched gradient features fitted on the training set
    (:class:`~aiida_alkit.exploration.terms.GradientFeatureUncertainty`, energy-per-atom total features), its atom
    uncertainties conformally calibrated to eV/Å on the held-out configurations;
@@ -36,7 +36,8 @@ from aiida_alkit.exploration.pool import CandidatePool
 from aiida_alkit.exploration.terms import GradientFeatureUncertainty, calibrated, fit_atom_calibrator
 from aiida_alkit.io.arrays import ConfigurationArrays
 from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
-from aiida_alkit.models.training import TrainingConfig, train_adam
+from aiida_alkit.models.training import TrainingConfig
+from aiida_alkit.models.training import train as train_model
 from aiida_alkit.uncertainty.conformal import atomic_force_rmse
 
 
@@ -119,7 +120,7 @@ def main() -> None:
 
     model = GMNN(GMNNHyperparameters.small(['Cu'], dtype='float64', hidden_widths=(32, 32), seed=0))
     config = TrainingConfig(epochs=epochs, batch_size=8, valid_fraction=0.1, forces_weight=12.0, seed=0)
-    training = train_adam(model, ConfigurationArrays.from_atoms(train), config=config)
+    training = train_model(model, ConfigurationArrays.from_atoms(train), config=config)
     best = training.best
     t_train = time.perf_counter() - started - t_data
 

@@ -9,11 +9,11 @@ from aiida.engine import calcfunction
 
 from aiida_alkit.data.dataset import DatasetData
 from aiida_alkit.io.arrays import ConfigurationArrays
+from aiida_alkit.models.training import split_train_valid
 
 __all__ = [
     'SELECT_PARAMETERS',
     'TRAINING_INFO_KEYS',
-    'assign_validation',
     'campaign_convergence',
     'campaign_report',
     'merge_datasets',
@@ -25,20 +25,6 @@ __all__ = [
 TRAINING_INFO_KEYS = ('split', 'round', 'origin')
 
 
-def assign_validation(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """'train'/'valid' for ``n`` new configurations: exactly round(fraction·n) validation picks, at least one when
-    ``n >= 2`` and ``fraction > 0``, and always at least one training configuration."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f'validation fraction must be in [0, 1), got {fraction}')
-    n_valid = round(fraction * n)
-    if fraction > 0 and n >= 2:
-        n_valid = max(1, n_valid)
-    n_valid = min(n_valid, n - 1) if n >= 1 else 0
-    split = np.full(n, 'train', dtype='<U5')
-    split[rng.permutation(n)[:n_valid]] = 'valid'
-    return split
-
-
 def _as_training_set(
     arrays: ConfigurationArrays, round_index: int, fraction: float, rng, keep: bool
 ) -> ConfigurationArrays:
@@ -46,7 +32,7 @@ def _as_training_set(
     n = len(arrays)
     existing = arrays.info if keep else {}
     info = {
-        'split': existing['split'] if 'split' in existing else assign_validation(n, fraction, rng),
+        'split': existing['split'] if 'split' in existing else split_train_valid(n, fraction, rng, tags=True),
         'round': existing['round'] if 'round' in existing else np.full(n, round_index, dtype=np.int64),
         'origin': (
             existing['origin']

@@ -16,7 +16,8 @@ labelled test set, evaluated at the end) and
      "max_seconds": null}                            # time budget (s); the CalcJob sets 0.9 x its walltime
 
 Writes ``potential.pt`` (one file; RLEKF's P blocks and KPU_trained in its extras), ``metrics.json`` (final
-train/validation RMSEs: energy per atom in eV/atom, forces in eV/Å, stress in eV/Å³, and the per-epoch history)
+train/validation RMSEs: energy per atom in eV/atom, forces in eV/Å, stress in eV/Å³, and the per-epoch history of
+:meth:`~aiida_alkit.models.training.TrainingResult.to_dict`, the same for every optimizer and for committees)
 and ``results.json``. A NaN loss is reported as ``status: diverged`` so the restart work chain can lower the
 learning rate and try again. A single Adam model stops cleanly when the next epoch would overrun ``max_seconds``
 (``status: out_of_walltime``, its ``checkpoint.pt`` kept) so the work chain can resume it in a new job, as pw.x does
@@ -30,12 +31,10 @@ import pathlib
 import time
 from typing import Any
 
-import numpy as np
-
 from aiida_alkit.io.arrays import ConfigurationArrays
 from aiida_alkit.jobs.common import configure_threads, progress, run_job
 
-__all__ = ['CHECKPOINT_FILE', 'DATASET_FILE', 'INITIAL_FILE', 'METRICS_FILE', 'POTENTIAL_FILE', 'main', 'split_by_info']
+__all__ = ['CHECKPOINT_FILE', 'DATASET_FILE', 'INITIAL_FILE', 'METRICS_FILE', 'POTENTIAL_FILE', 'main']
 
 DATASET_FILE = 'dataset.npz'
 INITIAL_FILE = 'initial.pt'
@@ -57,17 +56,6 @@ class WalltimeReached(Exception):
         self.epochs_done = epochs_done
 
 
-def split_by_info(arrays: ConfigurationArrays) -> tuple[ConfigurationArrays, ConfigurationArrays | None]:
-    """Training and validation sets from ``info.split`` ('train'/'valid'); all training when there is no split."""
-    if 'split' not in arrays.info:
-        return arrays, None
-    valid = np.flatnonzero(arrays.info['split'] == 'valid')
-    train = np.flatnonzero(arrays.info['split'] != 'valid')
-    if train.size == 0:
-        raise ValueError('the dataset has no training configurations (every info.split is "valid")')
-    return arrays.subset(train), (arrays.subset(valid) if valid.size else None)
-
-
 def _device(name: str) -> str:
     import torch
 
@@ -81,16 +69,60 @@ def _device(name: str) -> str:
 def _errors(model, arrays: ConfigurationArrays | None) -> dict[str, Any] | None:
     if arrays is None:
         return None
-    from aiida_alkit.models.training import GraphDataset, evaluate_errors
+    from aiida_alkit.models.training import evaluate_errors
 
-    data = GraphDataset.from_configurations(arrays, model.species, model.cutoff, model.device, model.dtype)
-    return evaluate_errors(model, data)
+    return evaluate_errors(model, arrays)
+
+
+def _load_model(folder: pathlib.Path, hyperparameters, committee_size: int, device: str) -> tuple[Any, int]:
+    """The model to train (``initial.pt`` when given, else a new one) and the epochs its checkpoint has done."""
+    from aiida_alkit.models.gmnn import GMNN
+    from aiida_alkit.models.serialization import load_potential_file
+
+    initial = folder / INITIAL_FILE
+    if committee_size > 1:
+        from aiida_alkit.models.committee import Committee
+
+        if initial.is_file():
+            return Committee.load(initial, device=device), 0
+        return Committee(hyperparameters, n_members=committee_size, device=device), 0
+    if not initial.is_file():
+        return GMNN(hyperparameters, device=device), 0
+    return GMNN.load(initial, device=device), int(load_potential_file(initial).extras.get('epochs_done', 0))
+
+
+def _checkpoint_hook(folder: pathlib.Path, model, epochs_done: int, epochs: int, max_seconds: float | None):
+    """``checkpoint(epoch, state)`` of a single model: the current weights to ``checkpoint.pt`` with the epochs
+    done so far (``epochs_done`` of an earlier job plus ``epoch``), then :class:`WalltimeReached` when one more
+    epoch, estimated as 1.5x the last one including its checkpoint (the first epoch's duration is unknown: it is
+    timed together with the set-up), would end after ``max_seconds``."""
+    from aiida_alkit.models.serialization import save_potential_file
+
+    hyperparameters = model.hyperparameters.to_dict()
+    last: dict[str, float] = {}
+
+    def checkpoint(epoch: int, state: dict[str, Any]) -> None:
+        done = epochs_done + epoch
+        save_potential_file(folder / CHECKPOINT_FILE, state['model'], hyperparameters, {'epochs_done': done})
+        now = time.monotonic()
+        epoch_s = now - last['time'] if 'time' in last else 0.0
+        last['time'] = now
+        if max_seconds and epoch < epochs and now - _STARTED + 1.5 * epoch_s > float(max_seconds):
+            raise WalltimeReached(done, now - _STARTED)
+
+    return checkpoint
 
 
 def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
-
-    from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
-    from aiida_alkit.models.training import TrainingConfig, TrainingDivergedError
+    from aiida_alkit.models.gmnn import GMNNHyperparameters
+    from aiida_alkit.models.rlekf import RLEKFConfig, kpu_trained
+    from aiida_alkit.models.training import (
+        TrainingConfig,
+        TrainingDivergedError,
+        log_progress,
+        split_train_valid,
+        train,
+    )
 
     threads = configure_threads(parameters)
     if threads is not None:
@@ -98,7 +130,7 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     arrays = ConfigurationArrays.load(folder / DATASET_FILE)
     if arrays.energy is None:
         raise ValueError('the training set has no energy labels')
-    train, valid = split_by_info(arrays)
+    train_set, valid_set = split_train_valid(arrays, tag='split')
     device = _device(parameters.get('device', 'auto'))
     model_settings = dict(parameters.get('model') or {})
     model_settings.setdefault('species', arrays.species)
@@ -107,103 +139,60 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise ValueError(f'the dataset contains {missing}, which the model species {hyperparameters.species} lack')
     optimizer = parameters.get('optimizer', 'adam')
+    if optimizer not in ('adam', 'rlekf'):
+        raise ValueError(f'unknown optimizer {optimizer!r}: use "adam" or "rlekf"')
     committee_size = int(parameters.get('committee_size', 1))
     progress(
         f'training {"a committee of " + str(committee_size) if committee_size > 1 else "one"} GM-NN with {optimizer} '
-        f'on {len(train)} configurations ({0 if valid is None else len(valid)} for validation), device {device}'
+        f'on {len(train_set)} configurations ({0 if valid_set is None else len(valid_set)} for validation), '
+        f'device {device}'
     )
-    training = TrainingConfig.from_dict({**(parameters.get('training') or {}), 'callback': None})
-    training.callback = progress
-    extras: dict[str, Any] = {}
-    history: Any
+    training = TrainingConfig.from_dict(parameters.get('training') or {})
+    rlekf = None
+    if optimizer == 'rlekf':  # RLEKF's own settings; no validation set is drawn (only info.split makes one)
+        settings = dict(parameters.get('rlekf') or {})
+        epochs, batch_size = int(settings.pop('epochs', 10)), int(settings.pop('batch_size', 1))
+        training = TrainingConfig(epochs=epochs, batch_size=batch_size, valid_fraction=0.0)
+        rlekf = RLEKFConfig(**settings)
+    model, epochs_done = _load_model(folder, hyperparameters, committee_size, device)
+    checkpoint = None
+    if optimizer == 'adam' and committee_size == 1:  # only these resume (TrainWorkChain's walltime handler)
+        if epochs_done:  # resuming a checkpoint: the remaining epochs, no new energy shift
+            training.epochs = max(1, training.epochs - epochs_done)
+            training.fit_shift = False
+            progress(f'resuming from a checkpoint after {epochs_done} epochs: {training.epochs} epochs to go')
+        checkpoint = _checkpoint_hook(folder, model, epochs_done, training.epochs, parameters.get('max_seconds'))
     try:
-        if optimizer == 'adam' and committee_size > 1:
-            from aiida_alkit.models.committee import Committee, train_committee
-
-            if (folder / INITIAL_FILE).is_file():
-                committee = Committee.load(folder / INITIAL_FILE, device=device)
-            else:
-                committee = Committee(hyperparameters, n_members=committee_size, device=device)
-            committee, results = train_committee(committee, train, valid, training)
-            committee.save(folder / POTENTIAL_FILE)
-            history = [result.to_dict() for result in results]
-            return _finish(folder, history, _split_errors(committee, folder, train, valid))
-        model = GMNN.load(folder / INITIAL_FILE, device=device) if (folder / INITIAL_FILE).is_file() else None
-        epochs_done = 0
-        if model is not None:
-            from aiida_alkit.models.serialization import load_potential_file
-
-            epochs_done = int(load_potential_file(folder / INITIAL_FILE).extras.get('epochs_done', 0))
-        model = model or GMNN(hyperparameters, device=device)
-        if optimizer == 'adam':
-            from aiida_alkit.models.training import train_adam
-
-            if epochs_done:  # resuming a checkpoint: the remaining epochs, no new energy shift
-                training.epochs = max(1, training.epochs - epochs_done)
-                training.fit_shift = False
-                progress(f'resuming from a checkpoint after {epochs_done} epochs: {training.epochs} epochs to go')
-
-            max_seconds = parameters.get('max_seconds')
-            last: dict[str, float] = {}
-
-            def checkpoint(line: str) -> None:
-                """Progress line, then the current weights; lines start with 'epoch <n>' (train_adam's format).
-
-                Stops (:class:`WalltimeReached`) when one more epoch, estimated as 1.5x the last one including its
-                checkpoint (the first epoch's duration is unknown: it is timed together with the set-up), would end
-                after ``max_seconds``.
-                """
-                progress(line)
-                words = line.split()
-                if len(words) > 1 and words[0] == 'epoch' and words[1].isdigit() and int(words[1]) > 0:
-                    done = epochs_done + int(words[1])
-                    model.save(folder / CHECKPOINT_FILE, extras={'epochs_done': done})
-                    now = time.monotonic()
-                    epoch_s = now - last['time'] if 'time' in last else 0.0
-                    last['time'] = now
-                    remaining = training.epochs - int(words[1])
-                    if max_seconds and remaining > 0 and now - _STARTED + 1.5 * epoch_s > float(max_seconds):
-                        raise WalltimeReached(done, now - _STARTED)
-
-            training.callback = checkpoint
-            training.log_every = 1
-            history = train_adam(model, train, valid, training).to_dict()
-        elif optimizer == 'rlekf':
-            from aiida_alkit.models.rlekf import RLEKFConfig, kpu_trained, train_rlekf
-
-            settings = dict(parameters.get('rlekf') or {})
-            epochs = int(settings.pop('epochs', 10))
-            batch_size = int(settings.pop('batch_size', 1))
-            result = train_rlekf(
-                model,
-                train,
-                valid,
-                RLEKFConfig(**settings),
-                epochs=epochs,
-                batch_size=batch_size,
-                callback=lambda epoch, metrics, _: progress(f'epoch {epoch}: {json.dumps(metrics)}'),
-            )
-            history = result.as_dict()
-            extras['rlekf'] = result.optimizer.state_dict()
-            kpu = parameters.get('kpu') or {}
-            extras['kpu_trained'] = float(
-                kpu_trained(
-                    model,
-                    result.optimizer,
-                    train,
-                    fraction=float(kpu.get('fraction', 0.5)),
-                    max_configurations=kpu.get('max_configurations', 200),
-                )
-            )
-        else:
-            raise ValueError(f'unknown optimizer {optimizer!r}: use "adam" or "rlekf"')
+        result = train(
+            model,
+            train_set,
+            valid_set,
+            training,
+            optimizer=optimizer,
+            rlekf=rlekf,
+            callback=log_progress(progress, training.log_every),
+            checkpoint=checkpoint,
+        )
     except TrainingDivergedError as exc:
         return {'status': 'diverged', 'error_message': str(exc), 'epoch': exc.epoch}
     except WalltimeReached as exc:
         progress(str(exc))
         return {'status': 'out_of_walltime', 'error_message': str(exc), 'epochs_done': exc.epochs_done}
-    model.save(folder / POTENTIAL_FILE, extras=extras)
-    return _finish(folder, history, _split_errors(model, folder, train, valid), extras)
+    extras: dict[str, Any] = {}
+    if result.rlekf is not None:
+        extras['rlekf'] = result.rlekf.state_dict()
+        kpu = parameters.get('kpu') or {}
+        extras['kpu_trained'] = float(
+            kpu_trained(
+                model,
+                result.rlekf,
+                train_set,
+                fraction=float(kpu.get('fraction', 0.5)),
+                max_configurations=kpu.get('max_configurations', 200),
+            )
+        )
+    model.save(folder / POTENTIAL_FILE, extras=extras or None)
+    return _finish(folder, result.to_dict(), _split_errors(model, folder, train_set, valid_set), extras)
 
 
 def _split_errors(model, folder: pathlib.Path, train, valid) -> dict[str, Any]:

@@ -8,9 +8,10 @@ their predictions. For atom i with member forces F_i^k (k = 1..K) and the member
 and the per-structure indicator is ``max_i ε_i`` (the quantity DP-GEN's trust window ``[lo, hi]`` is applied to).
 Standard deviations are population ones (divide by K), as DP-GEN's ``np.std``.
 
-One file holds the whole committee: :func:`~aiida_alkit.models.serialization.save_potential_file` with
-``model_kind = 'gmnn-committee'``, the member hyper-parameters in the JSON header and the member weights under
-``members.<k>.``. No AiiDA import.
+A committee is trained by :func:`~aiida_alkit.models.training.train` (member k with the seed ``config.seed + k``,
+all members on the same training and validation sets). One file holds the whole committee:
+:func:`~aiida_alkit.models.serialization.save_potential_file` with ``model_kind = 'gmnn-committee'``, the member
+hyper-parameters in the JSON header and the member weights under ``members.<k>.``. No AiiDA import.
 """
 
 from __future__ import annotations
@@ -27,9 +28,8 @@ from torch import nn
 
 from aiida_alkit.models.batching import Batch, batch_from_atoms
 from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
-from aiida_alkit.models.training import TrainingConfig, TrainingResult, split_train_valid, train_adam
 
-__all__ = ['COMMITTEE_KIND', 'Committee', 'CommitteeCalculator', 'train_committee']
+__all__ = ['COMMITTEE_KIND', 'Committee', 'CommitteeCalculator']
 
 COMMITTEE_KIND = 'gmnn-committee'
 #: Members of a DP-GEN committee.
@@ -175,35 +175,6 @@ class Committee(nn.Module):
         except RuntimeError as exc:
             raise PotentialFileError(f'{path}: weights do not match the hyper-parameters: {exc}') from exc
         return committee
-
-
-def train_committee(
-    committee: Committee | GMNNHyperparameters,
-    train: Any,
-    valid: Any | None = None,
-    config: TrainingConfig | None = None,
-    n_members: int = DEFAULT_MEMBERS,
-) -> tuple[Committee, list[TrainingResult]]:
-    """Train every member with :func:`train_adam` on the same data (DP-GEN style).
-
-    :param committee: a :class:`Committee`, or hyper-parameters to build one of ``n_members`` members from.
-    :return: the trained committee and one :class:`TrainingResult` per member.
-
-    The validation split (when ``valid`` is None) is drawn once with ``config.seed`` so that all members see the
-    same training and validation sets; member k shuffles its mini-batches with seed ``config.seed + k``.
-    """
-    if isinstance(committee, GMNNHyperparameters):
-        committee = Committee(committee, n_members=n_members)
-    config = config or TrainingConfig()
-    if valid is None and config.valid_fraction > 0 and len(train) >= 2:
-        train, valid = split_train_valid(train, config.valid_fraction, config.seed)
-    results = []
-    for k, member in enumerate(committee.members):
-        member_config = replace(config, seed=config.seed + k, valid_fraction=0.0)
-        if config.callback is not None:
-            member_config.callback = lambda line, k=k, outer=config.callback: outer(f'member {k}: {line}')
-        results.append(train_adam(member, train, valid, member_config))
-    return committee, results
 
 
 class CommitteeCalculator(Calculator):

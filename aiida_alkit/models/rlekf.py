@@ -71,16 +71,16 @@ about ``n_params × block_size × 8`` bytes, see :func:`covariance_memory_bytes`
 * small preset, ``GMNNHyperparameters.small(['Cu'])`` (94-32-32-1, 4146 parameters): 1 block, 4146² × 8 =
   137 514 528 bytes ≈ 137.5 MB.
 
-No AiiDA import.
+The epoch loop of Algorithm 5 is :func:`aiida_alkit.models.training.train` with ``optimizer='rlekf'``. No AiiDA
+import.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -94,14 +94,11 @@ __all__ = [
     'RLEKF',
     'ParameterBlock',
     'RLEKFConfig',
-    'RLEKFHistory',
     'automatic_p0',
     'covariance_memory_bytes',
-    'evaluate_rmse',
     'kalman_prediction_uncertainty',
     'kpu_trained',
     'partition_parameters',
-    'train_rlekf',
 ]
 
 #: Default maximal number of parameters per reorganised layer (block of P), from ref. [33] of seeds/000.
@@ -129,7 +126,7 @@ class RLEKFConfig:
     :param energy_per_atom: measure the energy per atom, eV/atom (True) or the total energy, eV (False).
     :param energy_weight: prefactor of the scalarised energy measurement (1.0: none, as in the paper).
     :param force_weight: prefactor of the scalarised force measurement (1.0: none, as in the paper).
-    :param seed: seed of the atom sampling and of the shuffling in :func:`train_rlekf`.
+    :param seed: seed of the atom sampling and of the shuffling in :func:`~aiida_alkit.models.training.train`.
     """
 
     block_size: int = DEFAULT_BLOCK_SIZE
@@ -319,7 +316,7 @@ class RLEKF:
             if calibration is None:
                 raise ValueError(
                     'RLEKFConfig.p0 = None (automatic P_0) needs calibration batches: pass calibration=..., use '
-                    "train_rlekf, or give p0 explicitly (p0=1.0 is the paper's P_0 = I)"
+                    "models.training.train, or give p0 explicitly (p0=1.0 is the paper's P_0 = I)"
                 )
             config = replace(config, p0=automatic_p0(model, calibration, config))
         self.config = config
@@ -462,130 +459,6 @@ def _check_state(state: dict[str, Any]) -> None:
         raise ValueError('not an RLEKF state (missing "kind": "rlekf")')
     if int(state.get('version', 0)) > STATE_VERSION:
         raise ValueError(f'RLEKF state version {state.get("version")} is newer than this code ({STATE_VERSION})')
-
-
-# ---------------------------------------------------------------------- metrics and training
-def evaluate_rmse(model: nn.Module, data: Any, batch_size: int = 64) -> dict[str, float]:
-    """RMSE of energy per atom (eV/atom) and of force components (eV/Å) of ``model`` on a ConfigurationArrays."""
-    hp = model.hyperparameters
-    squared_energy, squared_forces, n_components = 0.0, 0.0, 0
-    n = len(data)
-    for start in range(0, n, batch_size):
-        batch = batch_from_configurations(
-            data, hp.species, hp.cutoff, np.arange(start, min(n, start + batch_size)), model.device, model.dtype
-        )
-        out = model(batch, compute_forces=batch.forces is not None)
-        if batch.energy is not None:
-            per_atom = (out['energy'].detach() - batch.energy) / batch.n_atoms.to(out['energy'].dtype)
-            squared_energy += float((per_atom**2).sum())
-        if batch.forces is not None:
-            squared_forces += float(((out['forces'].detach() - batch.forces) ** 2).sum())
-            n_components += batch.forces.numel()
-    result: dict[str, float] = {}
-    if data.energy is not None:
-        result['energy_rmse'] = math.sqrt(squared_energy / n)
-    if data.forces is not None:
-        result['forces_rmse'] = math.sqrt(squared_forces / max(n_components, 1))
-    return result
-
-
-@dataclass
-class RLEKFHistory:
-    """Per-epoch metrics of :func:`train_rlekf` (epoch 0 = before training): energy RMSE per atom (eV/atom),
-    force RMSE (eV/Å), λ after the epoch and wall time (s). ``optimizer`` is the trained :class:`RLEKF`."""
-
-    epoch: list[int] = field(default_factory=list)
-    train_energy_rmse: list[float] = field(default_factory=list)
-    train_forces_rmse: list[float] = field(default_factory=list)
-    valid_energy_rmse: list[float] = field(default_factory=list)
-    valid_forces_rmse: list[float] = field(default_factory=list)
-    lam: list[float] = field(default_factory=list)
-    wall_time: list[float] = field(default_factory=list)
-    optimizer: RLEKF | None = None
-
-    def as_dict(self) -> dict[str, list]:
-        """The metrics as plain lists (JSON-serialisable)."""
-        return {item.name: list(getattr(self, item.name)) for item in fields(self) if item.name != 'optimizer'}
-
-
-def train_rlekf(
-    model: nn.Module,
-    train: Any,
-    valid: Any | None = None,
-    config: RLEKFConfig | None = None,
-    epochs: int = 10,
-    batch_size: int = 1,
-    callback: Callable[[int, dict[str, float], RLEKF], bool | None] | None = None,
-    optimizer: RLEKF | None = None,
-    fit_shift: bool = True,
-    eval_batch_size: int = 64,
-) -> RLEKFHistory:
-    """Train ``model`` with RLEKF (Algorithm 5): per epoch, one step per configuration in shuffled order.
-
-    With ``config.p0`` None (the default) a new optimizer sets P_0 by :func:`automatic_p0` on at most
-    ``P0_CALIBRATION_CONFIGURATIONS`` (32) evenly spaced training configurations, after ``fit_shift``.
-
-    :param train: labelled ``ConfigurationArrays`` (energy and forces).
-    :param valid: optional labelled ``ConfigurationArrays`` for validation metrics.
-    :param config: RLEKF settings (ignored when ``optimizer`` is given to continue a previous run).
-    :param batch_size: configurations per step (1 = the paper).
-    :param callback: called as ``callback(epoch, metrics, optimizer)`` after each epoch; returning True stops.
-    :param fit_shift: initialise the energy shift/scale of eq. (4) of GM-NN from the training energies first
-        (only when a new optimizer is created).
-    :return: the history; ``history.optimizer`` holds P and λ (``optimizer.state_dict()`` for potential extras).
-    """
-    if train.energy is None or train.forces is None:
-        raise ValueError('RLEKF training needs energy and force labels')
-    hp = model.hyperparameters
-    device, dtype = model.device, model.dtype
-
-    def make(indices: Sequence[int] | np.ndarray) -> Batch:
-        return batch_from_configurations(train, hp.species, hp.cutoff, indices, device, dtype)
-
-    if optimizer is None:
-        if fit_shift:
-            model.fit_shift_from_batch(make(np.arange(len(train))))
-        calibration = None
-        if config is None or config.p0 is None:
-            count = min(len(train), P0_CALIBRATION_CONFIGURATIONS)
-            calibration = make(np.unique(np.linspace(0, len(train) - 1, count).round().astype(np.int64)))
-        optimizer = RLEKF(model, config, calibration)
-    history = RLEKFHistory(optimizer=optimizer)
-    cache: dict[int, Batch] = {}
-    shuffle_rng = np.random.default_rng(optimizer.config.seed + 1)
-    start = time.perf_counter()
-
-    def record(epoch: int) -> dict[str, float]:
-        metrics = {f'train_{key}': value for key, value in evaluate_rmse(model, train, eval_batch_size).items()}
-        if valid is not None:
-            metrics.update({f'valid_{k}': v for k, v in evaluate_rmse(model, valid, eval_batch_size).items()})
-        history.epoch.append(epoch)
-        history.train_energy_rmse.append(metrics['train_energy_rmse'])
-        history.train_forces_rmse.append(metrics['train_forces_rmse'])
-        if valid is not None:
-            history.valid_energy_rmse.append(metrics.get('valid_energy_rmse', math.nan))
-            history.valid_forces_rmse.append(metrics.get('valid_forces_rmse', math.nan))
-        history.lam.append(optimizer.lam)
-        history.wall_time.append(time.perf_counter() - start)
-        return metrics
-
-    record(0)
-    for epoch in range(1, epochs + 1):
-        order = shuffle_rng.permutation(len(train))
-        for first in range(0, len(order), batch_size):
-            indices = order[first : first + batch_size]
-            if batch_size == 1:
-                key = int(indices[0])
-                if key not in cache:
-                    cache[key] = make(indices)
-                batch = cache[key]
-            else:
-                batch = make(indices)
-            optimizer.step(batch)
-        metrics = record(epoch)
-        if callback is not None and callback(epoch, metrics, optimizer):
-            break
-    return history
 
 
 # ---------------------------------------------------------------------- KPU (Sec. 3.1)

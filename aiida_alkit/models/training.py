@@ -1,4 +1,8 @@
-"""Adam training of GM-NN potentials (seeds/001 Sec. 2.2, eq. 5; seeds/003 "Gaussian moment neural network", eq. 14).
+"""Training of GM-NN potentials and committees: :func:`train`, the one entry point for Adam (seeds/001 Sec. 2.2,
+eq. 5; seeds/003 "Gaussian moment neural network", eq. 14) and RLEKF (seeds/000, :mod:`aiida_alkit.models.rlekf`),
+with one per-epoch callback (:class:`EpochReport`), one checkpoint hook, one history format
+(:class:`TrainingResult`), one evaluator (:func:`evaluate_errors`) and one train/validation splitter
+(:func:`split_train_valid`).
 
 Loss of one structure k with N_k atoms (eq. 5, plus the stress term of seeds/003 eq. 14)::
 
@@ -31,6 +35,9 @@ validation set (the weights of the best validation epoch are restored at the end
 stops after that many epochs without improvement). The shift μ_Z and the constant c of eq. (4) are initialised by
 :meth:`GMNN.fit_shift` on the training energies.
 
+RLEKF (Algorithm 5 of seeds/000) takes one Kalman step per ``batch_size`` configurations in shuffled order and
+keeps its last weights (they match its covariance P); its epochs are evaluated on the whole training set.
+
 Neighbour lists are computed once per structure (:class:`GraphDataset`); a mini-batch is then assembled by index
 arithmetic only. Units: Å, eV, eV/Å, eV/Å³ (ASE stress sign). No AiiDA import.
 """
@@ -41,31 +48,40 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from aiida_alkit.models.batching import Batch, species_index_table
+from aiida_alkit.io.arrays import concatenated_ranges as _ranges
+from aiida_alkit.models.batching import Batch, batch_from_configurations, species_index_table
 from aiida_alkit.models.gmnn import GMNN, PAPER_LEARNING_RATES, count_species
 from aiida_alkit.models.neighbors import neighbor_list
+from aiida_alkit.models.rlekf import P0_CALIBRATION_CONFIGURATIONS, RLEKF, RLEKFConfig
 
 __all__ = [
+    'CheckpointHook',
+    'EpochCallback',
+    'EpochReport',
     'GraphDataset',
     'LossWeights',
     'TrainingConfig',
     'TrainingDivergedError',
     'TrainingResult',
     'evaluate_errors',
+    'format_report',
+    'log_progress',
     'loss_function',
     'loss_terms',
     'split_train_valid',
-    'train_adam',
+    'train',
 ]
 
 #: Metrics :func:`evaluate_errors` reports (energy per atom eV/atom, forces eV/Å, stress eV/Å³).
 ERROR_KEYS = ('energy_rmse', 'energy_mae', 'forces_rmse', 'forces_mae', 'stress_rmse', 'stress_mae')
+#: Quantities of the RMSE dictionaries of :class:`EpochReport` (energy per atom, forces, stress).
+RMSE_KEYS = ('energy', 'forces', 'stress')
 _UPPER = torch.triu_indices(3, 3)  # the six (a <= b) components of a symmetric 3x3 tensor
 
 
@@ -98,16 +114,6 @@ class LossWeights:
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + n)`` for every (s, n), without a Python loop."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(lengths)
-    return np.arange(total, dtype=np.int64) + np.repeat(np.asarray(starts, dtype=np.int64) - (ends - lengths), lengths)
-
-
 @dataclass
 class GraphDataset:
     """Configurations with their neighbour lists computed once; :meth:`batch` assembles any subset quickly.
@@ -247,22 +253,48 @@ class GraphDataset:
         return [self._assemble({key: next(pieces) for key in keys}) for _ in parts]
 
 
-def split_train_valid(arrays: Any, fraction: float, seed: int = 0) -> tuple[Any, Any | None]:
-    """Random split of a ``ConfigurationArrays`` into (train, valid); ``valid`` is None for ``fraction == 0``.
+def split_train_valid(
+    arrays: Any,
+    fraction: float = 0.0,
+    seed: int | np.random.Generator = 0,
+    *,
+    tag: str | None = None,
+    tags: bool = False,
+) -> tuple[Any, Any | None] | np.ndarray:
+    """The one train/validation splitter: from a per-configuration tag, or a seeded random draw.
 
-    ``round(fraction * n)`` configurations (at least one when ``fraction > 0``, and never all of them) are drawn
-    without replacement with ``numpy.random.default_rng(seed)``; both parts keep the original order.
+    :param arrays: a ``ConfigurationArrays`` (with ``tags=True`` also just the number of configurations ``n``).
+    :param fraction: share drawn for validation when there is no tag, in [0, 1): ``round(fraction * n)``
+        configurations, at least one when ``fraction > 0`` and ``n >= 2``, never all of them.
+    :param seed: seed of ``numpy.random.default_rng``, or a generator to draw from (it always draws one
+        permutation of ``n``, so that successive calls on a shared generator stay reproducible).
+    :param tag: name of an ``info`` array of 'train'/'valid' strings (e.g. ``'split'``): when the set carries it,
+        its 'valid' configurations form the validation set and nothing is drawn.
+    :param tags: return the 'train'/'valid' labels (dtype ``<U5``) instead of the two subsets.
+    :return: ``(train, valid)`` in the original order (``valid`` None when empty; ``arrays`` itself as ``train``
+        when nothing is held out), or the labels.
+    :raises ValueError: for a fraction outside [0, 1), or a tag that leaves no training configuration.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f'the validation fraction must be in [0, 1), got {fraction}')
-    n = len(arrays)
-    n_valid = 0 if fraction == 0 else min(max(1, round(fraction * n)), n - 1)
-    if n_valid <= 0:
+    counted = isinstance(arrays, (int, np.integer))
+    if counted and not tags:
+        raise TypeError('split_train_valid needs configurations to return subsets; pass tags=True for labels')
+    n = int(arrays) if counted else len(arrays)
+    if tag is not None and not counted and tag in arrays.info:
+        valid = np.asarray(arrays.info[tag]) == 'valid'
+        if not tags and valid.all():
+            raise ValueError(f'the set has no training configurations (every info.{tag} is "valid")')
+    else:
+        n_valid = 0 if fraction == 0 or n < 2 else min(max(1, round(fraction * n)), n - 1)
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        valid = np.zeros(n, dtype=bool)
+        valid[rng.permutation(n)[:n_valid]] = True
+    if tags:
+        return np.where(valid, 'valid', 'train').astype('<U5')
+    if not valid.any():
         return arrays, None
-    permutation = np.random.default_rng(seed).permutation(n)
-    valid = np.sort(permutation[:n_valid])
-    train = np.sort(permutation[n_valid:])
-    return arrays.subset(train), arrays.subset(valid)
+    return arrays.subset(np.flatnonzero(~valid)), arrays.subset(np.flatnonzero(valid))
 
 
 # ---------------------------------------------------------------------------------------------------- loss
@@ -411,7 +443,11 @@ def evaluate_errors(
 # ---------------------------------------------------------------------------------------------------- training
 @dataclass
 class TrainingConfig:
-    """Settings of :func:`train_adam` (defaults: the papers' settings, seeds/001 Sec. 2.2 and seeds/003).
+    """Settings of :func:`train` (defaults: the papers' Adam settings, seeds/001 Sec. 2.2 and seeds/003).
+
+    RLEKF uses ``epochs``, ``batch_size`` (configurations per Kalman step; 1 in seeds/000), ``valid_fraction``,
+    ``patience``, ``early_stopping_metric``, ``fit_shift``, ``device``, ``eval_batch_size``, ``num_threads`` and the
+    loss weights (for the reported loss only); its own settings are an :class:`~aiida_alkit.models.rlekf.RLEKFConfig`.
 
     :param epochs: planned number of epochs (1000); the linear learning-rate decay spans them.
     :param batch_size: structures per mini-batch (32; smaller when there are fewer training structures).
@@ -422,7 +458,7 @@ class TrainingConfig:
     :param adam_betas: Adam β1, β2 (0.9, 0.999). :param adam_eps: Adam ε (1e-7).
     :param energy_weight: λ_E (1). :param forces_weight: λ_F / N_at, Å² (12). :param stress_weight: λ_S on the
         squared virial errors divided by the number of atoms (1); see :class:`LossWeights`.
-    :param valid_fraction: fraction of the training set held out for early stopping when :func:`train_adam` is
+    :param valid_fraction: fraction of the training set held out for early stopping when :func:`train` is
         given no validation set (0.1; 0 disables).
     :param patience: stop after this many epochs without a better validation value (None: run all epochs; the
         best weights are restored in either case). ``max_epochs_without_improvement`` is an alias.
@@ -434,7 +470,8 @@ class TrainingConfig:
     :param eval_batch_size: structures per batch when evaluating errors.
     :param num_threads: torch intra-op threads while training (None: leave the process setting). Small models on
         a busy machine train several times faster with 1.
-    :param callback: called with one progress line per ``log_every`` epochs (e.g. ``print``).
+    :param log_every: epochs between the progress lines of :func:`log_progress` callbacks such as the train job's
+        (the callback of :func:`train` itself is called after every epoch).
     """
 
     epochs: int = 1000
@@ -456,7 +493,6 @@ class TrainingConfig:
     eval_batch_size: int = 64
     num_threads: int | None = None
     log_every: int = 1
-    callback: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         rates = dict(PAPER_LEARNING_RATES)
@@ -489,8 +525,8 @@ class TrainingConfig:
         return LossWeights(self.energy_weight, self.forces_weight, self.stress_weight)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable settings (without the callback)."""
-        data = {item.name: getattr(self, item.name) for item in fields(self) if item.name != 'callback'}
+        """JSON-serialisable settings."""
+        data = {item.name: getattr(self, item.name) for item in fields(self)}
         data['adam_betas'] = list(self.adam_betas)
         data['learning_rates'] = dict(self.learning_rates)
         return data
@@ -498,26 +534,133 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
         """Inverse of :meth:`to_dict`; unknown keys are ignored."""
-        names = {item.name for item in fields(cls)} - {'callback'}
+        names = {item.name for item in fields(cls)}
         values = {key: value for key, value in data.items() if key in names}
         if 'adam_betas' in values:
             values['adam_betas'] = tuple(values['adam_betas'])
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class EpochReport:
+    """What :func:`train` passes to its callback after every epoch, for every optimizer and committee member.
+
+    :param epoch: epoch of this run (1 ... ``epochs``). :param epochs: planned number of epochs of the run.
+    :param train_loss: loss (eq. 5 + stress term, eV²) on the training set: Adam, the mean over the epoch's
+        mini-batches, each taken before its step; RLEKF, evaluated after the epoch.
+    :param valid_loss: loss on the validation set after the epoch (None without one).
+    :param train_rmse: ``{'energy': eV/atom, 'forces': eV/Å, 'stress': eV/Å³}`` (None where not labelled).
+    :param valid_rmse: the same on the validation set after the epoch (empty without one).
+    :param lr: Adam's learning rate of the network group after the epoch (None for RLEKF).
+    :param seconds: wall time of the epoch, its validation included, s.
+    :param member: committee member (None for a single model).
+    :param best: the model keeps these weights if training ends now (Adam: the best early-stopping value so far,
+        restored at the end; RLEKF keeps its last weights, which match its covariance P).
+    :param kalman_lambda: RLEKF's fading-memory factor λ after the epoch (None for Adam).
+    """
+
+    epoch: int
+    epochs: int
+    train_loss: float | None
+    valid_loss: float | None
+    train_rmse: dict[str, float | None]
+    valid_rmse: dict[str, float | None]
+    lr: float | None
+    seconds: float
+    member: int | None = None
+    best: bool = False
+    kalman_lambda: float | None = None
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any], epochs: int, best: bool) -> EpochReport:
+        """The report of one :attr:`TrainingResult.history` entry."""
+
+        def rmse(split: str) -> dict[str, float | None]:
+            if f'{split}_loss' not in entry:
+                return {}
+            return {key: entry.get(f'{split}_{key}_rmse') for key in RMSE_KEYS}
+
+        return cls(
+            epoch=entry['epoch'],
+            epochs=epochs,
+            train_loss=entry.get('train_loss'),
+            valid_loss=entry.get('valid_loss'),
+            train_rmse=rmse('train'),
+            valid_rmse=rmse('valid'),
+            lr=entry.get('lr'),
+            seconds=entry['time_s'],
+            member=entry.get('member'),
+            best=best,
+            kalman_lambda=entry.get('lambda'),
+        )
+
+
+class EpochCallback(Protocol):
+    """``callback(report)`` of :func:`train`, called after every epoch; returning True stops the training."""
+
+    def __call__(self, report: EpochReport, /) -> bool | None: ...
+
+
+class CheckpointHook(Protocol):
+    """``checkpoint(epoch, state)`` of :func:`train`, called after every epoch (after the callback).
+
+    ``state`` holds ``model`` (the current weights, a state dict, not the best ones), ``optimizer`` (Adam's or
+    RLEKF's state dict) and ``member`` (None for a single model). The tensors are the live ones: save or copy them
+    in the hook. An exception it raises ends the training (the train job's walltime stop).
+    """
+
+    def __call__(self, epoch: int, state: dict[str, Any], /) -> None: ...
+
+
+def format_report(report: EpochReport) -> str:
+    """One progress line: epoch, learning rate (or RLEKF's λ), train/valid loss, energy (meV/atom) and force
+    (meV/Å) RMSE; ``member k:`` in front for a committee member, ``*`` at the end when ``report.best``."""
+
+    def fmt(value: float | None, scale: float = 1.0) -> str:
+        return '-' if value is None else f'{value * scale:.4g}'
+
+    rate = f'lr {report.lr:.3g}' if report.lr is not None else f'λ {fmt(report.kalman_lambda)}'
+    train, valid = report.train_rmse, report.valid_rmse
+    line = (
+        f'epoch {report.epoch:4d}  {rate}  loss {fmt(report.train_loss)}/{fmt(report.valid_loss)}  '
+        f'E {fmt(train.get("energy"), 1e3)}/{fmt(valid.get("energy"), 1e3)} meV/atom  '
+        f'F {fmt(train.get("forces"), 1e3)}/{fmt(valid.get("forces"), 1e3)} meV/Å  (train/valid RMSE)'
+    )
+    prefix = '' if report.member is None else f'member {report.member}: '
+    return prefix + line + ('  *' if report.best else '')
+
+
+def log_progress(write: Callable[[str], None], every: int = 1) -> EpochCallback:
+    """A :func:`train` callback that writes :func:`format_report` lines (e.g. ``print``) every ``every`` epochs
+    and at the last planned epoch."""
+
+    def callback(report: EpochReport) -> None:
+        if report.epoch % every == 0 or report.epoch == report.epochs:
+            write(format_report(report))
+
+    return callback
+
+
 @dataclass
 class TrainingResult:
-    """Outcome of :func:`train_adam`.
+    """Outcome of :func:`train`, the same for every optimizer (JSON with :meth:`to_dict`).
 
-    :param history: one dict per epoch (epoch 0 = after ``fit_shift``, before any step): ``epoch``, ``lr`` (network
-        group), ``train_*`` (running errors of the epoch's mini-batches, taken before each step) and ``valid_*``
-        (after the epoch) for loss, energy (eV/atom), forces (eV/Å) and stress (eV/Å³) RMSE/MAE, ``time_s``.
-    :param best_epoch: epoch whose weights the model holds at the end. :param best_metric: its early-stopping value.
+    :param history: one entry per epoch (epoch 0 = after ``fit_shift``, before any step) and committee member:
+        ``epoch``, ``member`` (None for a single model), ``lr`` (Adam's network group; None for RLEKF), ``lambda``
+        (RLEKF's λ, RLEKF only), ``train_*`` (Adam: running errors of the epoch's mini-batches, taken before each
+        step, from epoch 1; RLEKF: evaluated after the epoch) and ``valid_*`` (after the epoch) for ``loss`` (eV²)
+        and the energy (eV/atom), force (eV/Å) and stress (eV/Å³) ``rmse``/``mae``, ``time_s`` (s).
+    :param best_epoch: epoch whose weights the model holds at the end (Adam: the best one, restored; RLEKF: the
+        last one). :param best_metric: its early-stopping value. Both None for a committee (see ``members``).
+    :param metric: the early-stopping key (``valid_loss``, or ``train_loss`` without a validation set, ...).
+    :param optimizer: 'adam' or 'rlekf'.
+    :param members: a committee's per-member results (their entries are also in ``history``).
+    :param rlekf: the trained :class:`~aiida_alkit.models.rlekf.RLEKF` (P and λ; not in :meth:`to_dict`).
     """
 
     history: list[dict[str, Any]]
-    best_epoch: int
-    best_metric: float
+    best_epoch: int | None
+    best_metric: float | None
     epochs_run: int
     stopped_early: bool
     shift: dict[str, Any] | None
@@ -525,158 +668,310 @@ class TrainingResult:
     n_valid: int
     wall_time_s: float
     metric: str = 'valid_loss'
+    optimizer: str = 'adam'
+    members: list[TrainingResult] = field(default_factory=list)
+    rlekf: RLEKF | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-serialisable copy; a committee's members without their history (it is in ``history``)."""
+        data = {
+            item.name: copy.deepcopy(getattr(self, item.name))
+            for item in fields(self)
+            if item.name not in ('members', 'rlekf')
+        }
+        data['members'] = [{k: v for k, v in member.to_dict().items() if k != 'history'} for member in self.members]
+        return data
+
+    def series(self, key: str, member: int | None = None) -> list[Any]:
+        """``key`` of every history entry of ``member`` (None: a single model), in epoch order."""
+        return [entry.get(key) for entry in self.history if entry.get('member') == member]
 
     @property
     def best(self) -> dict[str, Any]:
-        """History entry of the best epoch."""
+        """History entry of the best epoch (a single model)."""
         return next(entry for entry in self.history if entry['epoch'] == self.best_epoch)
-
-
-def _format_line(entry: dict[str, Any]) -> str:
-    def fmt(value: float | None, scale: float = 1.0) -> str:
-        return '-' if value is None else f'{value * scale:.4g}'
-
-    return (
-        f'epoch {entry["epoch"]:4d}  lr {entry["lr"]:.3g}  loss {fmt(entry.get("train_loss"))}/'
-        f'{fmt(entry.get("valid_loss"))}  E {fmt(entry.get("train_energy_rmse"), 1e3)}/'
-        f'{fmt(entry.get("valid_energy_rmse"), 1e3)} meV/atom  F {fmt(entry.get("train_forces_rmse"), 1e3)}/'
-        f'{fmt(entry.get("valid_forces_rmse"), 1e3)} meV/Å  (train/valid RMSE)'
-    )
 
 
 def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
-def train_adam(
-    model: GMNN, train: Any, valid: Any | None = None, config: TrainingConfig | None = None
-) -> TrainingResult:
-    """Train ``model`` in place with Adam on eq. (5) + stress term; the best validation weights are restored.
+def _prefixed(split: str, errors: dict[str, Any]) -> dict[str, Any]:
+    """``{split}_{key}`` for the error keys and the loss of an :func:`evaluate_errors` result."""
+    return {f'{split}_{key}': errors[key] for key in (*ERROR_KEYS, 'loss')}
 
-    :param train: labelled ``ConfigurationArrays`` (energy required; forces and stress used when present).
-    :param valid: labelled ``ConfigurationArrays`` for early stopping; when None, ``config.valid_fraction`` of
-        ``train`` is held out (with ``config.seed``); when that is 0 too, the running training loss is used.
-    :raises TrainingDivergedError: when the loss becomes NaN/inf, naming the epoch.
+
+class _AdamEpochs:
+    """Adam (seeds/001 Sec. 2.2) on mini-batches of a :class:`GraphDataset`; restores the best weights."""
+
+    restores_best = True
+    rlekf = None
+
+    def __init__(self, model: GMNN, train_set: Any, data: GraphDataset, config: TrainingConfig, _: Any) -> None:
+        self.model, self.data, self.config = model, data, config
+        self.shift = None
+        if config.fit_shift:
+            self.shift = model.fit_shift(
+                train_set.energy, count_species(train_set.numbers, train_set.offsets, model.species)
+            )
+        groups = model.parameter_groups()
+        self.optimizer = torch.optim.Adam(
+            [{'params': groups[name], 'lr': config.learning_rates[name], 'name': name} for name in groups],
+            betas=config.adam_betas,
+            eps=config.adam_eps,
+            fused=model.device.type == 'cuda',  # one kernel per step on the GPU; the CPU keeps the default (foreach)
+        )
+        self.batch_size = min(config.batch_size, len(data))
+        total_steps = config.epochs * math.ceil(len(data) / self.batch_size)
+        final = config.lr_final_fraction
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: 1.0 - (1.0 - final) * min(step / total_steps, 1.0)
+        )
+        self.need_forces, self.need_stress = _needs(data, config.loss_weights)
+        self.rng = np.random.default_rng(config.seed)
+        self.step = 0
+
+    def initial(self) -> dict[str, Any]:
+        return {'lr': self.config.learning_rates['nn']}
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        model, weights = self.model, self.config.loss_weights
+        model.train()
+        accumulator = _ErrorAccumulator()
+        losses = []
+        for batch in self.data.batches(self.batch_size, self.rng.permutation(len(self.data))):
+            predictions = model(batch, compute_forces=self.need_forces, compute_stress=self.need_stress, training=True)
+            loss = loss_function(predictions, batch, weights)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            accumulator.add(predictions, batch, loss)
+            losses.append(loss.detach())
+        # the loss is checked once per epoch (no host synchronisation per step); the best weights come back anyway
+        values = torch.stack(losses).to(torch.float64).cpu().numpy()
+        self.step += len(values)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise TrainingDivergedError(epoch, self.step - len(values) + int(bad[0]) + 1, float(values[bad[0]]))
+        model.eval()
+        return {'lr': self.optimizer.param_groups[0]['lr'], **_prefixed('train', accumulator.result())}
+
+    def state(self) -> dict[str, Any]:
+        return {'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict()}
+
+
+class _RLEKFEpochs:
+    """RLEKF (seeds/000 Algorithm 5): per epoch, one step per ``batch_size`` configurations in shuffled order.
+
+    A new :class:`RLEKF` (``settings`` None or an :class:`RLEKFConfig`) follows ``fit_shift``; with ``p0`` None it
+    sets P_0 by :func:`~aiida_alkit.models.rlekf.automatic_p0` on at most ``P0_CALIBRATION_CONFIGURATIONS`` (32)
+    evenly spaced training configurations. An :class:`RLEKF` given as ``settings`` is continued (no ``fit_shift``).
+    """
+
+    restores_best = False
+
+    def __init__(self, model: GMNN, train_set: Any, data: GraphDataset, config: TrainingConfig, settings: Any) -> None:
+        if train_set.forces is None:
+            raise ValueError('RLEKF training needs energy and force labels')
+        self.model, self.train_set, self.data, self.config = model, train_set, data, config
+        self.shift = None
+        self.cache: dict[int, Batch] = {}
+        if isinstance(settings, RLEKF):
+            self.rlekf = settings
+        else:
+            if config.fit_shift:
+                self.shift = model.fit_shift_from_batch(self._batch(np.arange(len(train_set))))
+            calibration = None
+            if settings is None or settings.p0 is None:
+                count = min(len(train_set), P0_CALIBRATION_CONFIGURATIONS)
+                calibration = self._batch(np.unique(np.linspace(0, len(train_set) - 1, count).round().astype(np.int64)))
+            self.rlekf = RLEKF(model, settings, calibration)
+        self.shuffle_rng = np.random.default_rng(self.rlekf.config.seed + 1)
+
+    def _batch(self, indices: np.ndarray) -> Batch:
+        hp = self.model.hyperparameters
+        return batch_from_configurations(
+            self.train_set, hp.species, hp.cutoff, indices, self.model.device, self.model.dtype
+        )
+
+    def initial(self) -> dict[str, Any]:
+        return self._metrics()
+
+    def _metrics(self) -> dict[str, Any]:
+        """λ and the errors on the whole training set with the current weights."""
+        errors = evaluate_errors(self.model, self.data, self.config.eval_batch_size, self.config.loss_weights)
+        return {'lr': None, 'lambda': self.rlekf.lam, **_prefixed('train', errors)}
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        batch_size = self.config.batch_size
+        order = self.shuffle_rng.permutation(len(self.train_set))
+        for first in range(0, len(order), batch_size):
+            indices = order[first : first + batch_size]
+            if batch_size == 1:  # the paper's setting: the same few batches again every epoch
+                key = int(indices[0])
+                if key not in self.cache:
+                    self.cache[key] = self._batch(indices)
+                batch = self.cache[key]
+            else:
+                batch = self._batch(indices)
+            self.rlekf.step(batch)
+        return self._metrics()
+
+    def state(self) -> dict[str, Any]:
+        return {'model': self.model.state_dict(), 'optimizer': self.rlekf.state_dict()}
+
+
+_OPTIMIZERS = {'adam': _AdamEpochs, 'rlekf': _RLEKFEpochs}
+
+
+def train(
+    model: GMNN | Any,
+    train_set: Any,
+    valid_set: Any | None = None,
+    config: TrainingConfig | None = None,
+    *,
+    optimizer: str = 'adam',
+    rlekf: RLEKFConfig | RLEKF | None = None,
+    callback: EpochCallback | None = None,
+    checkpoint: CheckpointHook | None = None,
+) -> TrainingResult:
+    """Train a GM-NN model or a committee in place: the one training entry point.
+
+    :param model: a :class:`GMNN`, or a :class:`~aiida_alkit.models.committee.Committee` (anything with
+        ``members``), whose members are trained one after the other on the same data, DP-GEN style: member k
+        with ``config.seed + k`` (and ``rlekf.seed + k``).
+    :param train_set: labelled ``ConfigurationArrays`` (energy required; forces, and stress for Adam, used when
+        present; RLEKF needs forces).
+    :param valid_set: labelled ``ConfigurationArrays`` for early stopping and the validation errors; when None,
+        ``config.valid_fraction`` of ``train_set`` is held out with ``config.seed`` (once, for all members).
+    :param config: epochs, batch size, ``fit_shift``, ``patience``, ``eval_batch_size``, device, threads, the loss
+        weights (Adam's loss, and the loss reported for RLEKF) and Adam's settings.
+    :param optimizer: 'adam' (the best validation weights are restored at the end) or 'rlekf' (the last weights
+        are kept; ``result.rlekf`` holds P and λ).
+    :param rlekf: RLEKF settings, or an :class:`RLEKF` of this model to continue (single models only).
+    :param callback: called with an :class:`EpochReport` after every epoch; returning True stops the training.
+    :param checkpoint: called as ``checkpoint(epoch, state)`` after every epoch, see :class:`CheckpointHook`.
+    :raises TrainingDivergedError: when Adam's loss becomes NaN/inf, naming the epoch (best weights restored).
     """
     config = config or TrainingConfig()
-    if config.num_threads is None:
-        return _train_adam(model, train, valid, config)
+    if optimizer not in _OPTIMIZERS:
+        raise ValueError(f'unknown optimizer {optimizer!r}: use "adam" or "rlekf"')
+    if train_set.energy is None:
+        raise ValueError('training needs energy labels on the training configurations')
+    members = getattr(model, 'members', None)
+    if members is not None and isinstance(rlekf, RLEKF):
+        raise ValueError('an RLEKF state belongs to one model; give RLEKFConfig settings to train a committee')
     previous = torch.get_num_threads()
-    torch.set_num_threads(config.num_threads)
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
     try:
-        return _train_adam(model, train, valid, config)
+        if valid_set is None and config.valid_fraction > 0 and len(train_set) >= 2:
+            train_set, valid_set = split_train_valid(train_set, config.valid_fraction, config.seed)
+        if members is None:
+            return _train_model(model, train_set, valid_set, config, optimizer, rlekf, callback, checkpoint)
+        started = time.perf_counter()
+        results = []
+        for k, member in enumerate(members):
+            member_config = replace(config, seed=config.seed + k, valid_fraction=0.0)
+            settings = None if rlekf is None else replace(rlekf, seed=rlekf.seed + k)
+            results.append(
+                _train_model(member, train_set, valid_set, member_config, optimizer, settings, callback, checkpoint, k)
+            )
+        return TrainingResult(
+            history=[entry for result in results for entry in result.history],
+            best_epoch=None,
+            best_metric=None,
+            epochs_run=max(result.epochs_run for result in results),
+            stopped_early=any(result.stopped_early for result in results),
+            shift=None,
+            n_train=results[0].n_train,
+            n_valid=results[0].n_valid,
+            wall_time_s=time.perf_counter() - started,
+            metric=results[0].metric,
+            optimizer=optimizer,
+            members=results,
+        )
     finally:
         torch.set_num_threads(previous)
 
 
-def _train_adam(model: GMNN, train: Any, valid: Any | None, config: TrainingConfig) -> TrainingResult:
+def _train_model(
+    model: GMNN,
+    train_set: Any,
+    valid_set: Any | None,
+    config: TrainingConfig,
+    optimizer: str,
+    settings: RLEKFConfig | RLEKF | None,
+    callback: EpochCallback | None,
+    checkpoint: CheckpointHook | None,
+    member: int | None = None,
+) -> TrainingResult:
+    """One model: the epoch loop shared by the optimizers (validation, early stopping, callback, checkpoint)."""
     started = time.perf_counter()
-    if train.energy is None:
-        raise ValueError('train_adam needs energy labels on the training configurations')
-    if valid is None and config.valid_fraction > 0 and len(train) >= 2:
-        train, valid = split_train_valid(train, config.valid_fraction, config.seed)
     if config.device is not None:
         model.to(torch.device(config.device))
     device, dtype = model.device, model.dtype
     weights = config.loss_weights
-    train_data = GraphDataset.from_configurations(train, model.species, model.cutoff, device, dtype)
+    train_data = GraphDataset.from_configurations(train_set, model.species, model.cutoff, device, dtype)
     valid_data = None
-    if valid is not None and len(valid) > 0:
-        valid_data = GraphDataset.from_configurations(valid, model.species, model.cutoff, device, dtype)
-
-    shift = None
-    if config.fit_shift:
-        shift = model.fit_shift(train.energy, count_species(train.numbers, train.offsets, model.species))
-
-    groups = model.parameter_groups()
-    optimizer = torch.optim.Adam(
-        [{'params': groups[name], 'lr': config.learning_rates[name], 'name': name} for name in groups],
-        betas=config.adam_betas,
-        eps=config.adam_eps,
-        fused=device.type == 'cuda',  # one kernel per step on the GPU; the CPU keeps the default (foreach)
-    )
-    n_train = len(train_data)
-    batch_size = min(config.batch_size, n_train)
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    final = config.lr_final_fraction
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1.0 - (1.0 - final) * min(step / total_steps, 1.0)
-    )
-    need_forces, need_stress = _needs(train_data, weights)
-    rng = np.random.default_rng(config.seed)
-
+    if valid_set is not None and len(valid_set) > 0:
+        valid_data = GraphDataset.from_configurations(valid_set, model.species, model.cutoff, device, dtype)
+    epochs = _OPTIMIZERS[optimizer](model, train_set, train_data, config, settings)
     metric_key = ('valid_' if valid_data is not None else 'train_') + config.early_stopping_metric
 
-    def validation(entry: dict[str, Any]) -> None:
+    def finish(entry: dict[str, Any]) -> dict[str, Any]:
         if valid_data is not None:
-            errors = evaluate_errors(model, valid_data, config.eval_batch_size, weights)
-            entry.update({f'valid_{key}': errors[key] for key in (*ERROR_KEYS, 'loss')})
+            entry.update(_prefixed('valid', evaluate_errors(model, valid_data, config.eval_batch_size, weights)))
+        return entry
 
     def metric_of(entry: dict[str, Any]) -> float:
         value = entry.get(metric_key)
         return math.inf if value is None or not math.isfinite(value) else float(value)
 
-    history: list[dict[str, Any]] = []
-    entry: dict[str, Any] = {'epoch': 0, 'lr': config.learning_rates['nn'], 'time_s': 0.0}
-    if valid_data is not None:
-        validation(entry)
-    history.append(entry)
-    best_epoch, best_metric, best_state = 0, metric_of(entry), _clone_state(model)
-    epochs_without_improvement, stopped_early, step = 0, False, 0
+    history = [finish({'epoch': 0, 'member': member, **epochs.initial(), 'time_s': 0.0})]
+    best_epoch, best_metric, best_state = 0, metric_of(history[0]), _clone_state(model)
+    without_improvement, stopped_early = 0, False
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
-        model.train()
-        accumulator = _ErrorAccumulator()
-        losses = []
-        for batch in train_data.batches(batch_size, rng.permutation(n_train)):
-            predictions = model(batch, compute_forces=need_forces, compute_stress=need_stress, training=True)
-            loss = loss_function(predictions, batch, weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            accumulator.add(predictions, batch, loss)
-            losses.append(loss.detach())
-        # the loss is checked once per epoch (no host synchronisation per step); the best weights come back anyway
-        values = torch.stack(losses).to(torch.float64).cpu().numpy()
-        step += len(values)
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
+        try:
+            entry = {'epoch': epoch, 'member': member, **epochs.run_epoch(epoch)}
+        except TrainingDivergedError:
             model.load_state_dict(best_state)
-            raise TrainingDivergedError(epoch, step - len(values) + int(bad[0]) + 1, float(values[bad[0]]))
-        model.eval()
-        entry = {'epoch': epoch, 'lr': optimizer.param_groups[0]['lr']}
-        entry.update({f'train_{key}': value for key, value in accumulator.result().items()})
-        validation(entry)
-        entry['time_s'] = time.perf_counter() - epoch_started
+            raise
+        finish(entry)['time_s'] = time.perf_counter() - epoch_started
         history.append(entry)
-        current = metric_of(entry)
-        if current < best_metric:
-            best_epoch, best_metric, best_state = epoch, current, _clone_state(model)
-            epochs_without_improvement = 0
+        improved = metric_of(entry) < best_metric
+        if improved:
+            best_metric, without_improvement = metric_of(entry), 0
+            if epochs.restores_best:
+                best_epoch, best_state = epoch, _clone_state(model)
         else:
-            epochs_without_improvement += 1
-        if config.callback is not None and (epoch % config.log_every == 0 or epoch == config.epochs):
-            config.callback(_format_line(entry) + ('  *' if best_epoch == epoch else ''))
-        if config.patience is not None and epochs_without_improvement >= config.patience:
+            without_improvement += 1
+        report = EpochReport.from_entry(entry, config.epochs, improved or not epochs.restores_best)
+        stop = callback is not None and bool(callback(report))
+        if checkpoint is not None:
+            checkpoint(epoch, {**epochs.state(), 'member': member})
+        if stop or (config.patience is not None and without_improvement >= config.patience):
             stopped_early = True
             break
-    if best_epoch == 0 and valid_data is None:
-        best_epoch, best_state = history[-1]['epoch'], _clone_state(model)  # no metric before training
-    model.load_state_dict(best_state)
+    if not epochs.restores_best:
+        best_epoch, best_metric = history[-1]['epoch'], metric_of(history[-1])
+    else:
+        if best_epoch == 0 and valid_data is None:
+            best_epoch, best_state = history[-1]['epoch'], _clone_state(model)  # no metric before training
+        model.load_state_dict(best_state)
     return TrainingResult(
         history=copy.deepcopy(history),
         best_epoch=best_epoch,
         best_metric=best_metric,
         epochs_run=history[-1]['epoch'],
         stopped_early=stopped_early,
-        shift=shift,
-        n_train=n_train,
+        shift=epochs.shift,
+        n_train=len(train_data),
         n_valid=0 if valid_data is None else len(valid_data),
         wall_time_s=time.perf_counter() - started,
         metric=metric_key,
+        optimizer=optimizer,
+        rlekf=epochs.rlekf,
     )

@@ -6,12 +6,18 @@ import numpy as np
 import pytest
 from aiida import orm
 
-from aiida_alkit.calculations.functions import assign_validation, merge_datasets
+from aiida_alkit.calculations.functions import merge_datasets
 from aiida_alkit.data import DatasetData
+from aiida_alkit.models.training import split_train_valid
 
 
 def test_assign_validation_counts():
+    """The split tags merge_datasets gives new configurations (the one splitter, ``split_train_valid``)."""
     rng = np.random.default_rng(0)
+
+    def assign_validation(n, fraction, rng):
+        return split_train_valid(n, fraction, rng, tags=True)
+
     assert list(assign_validation(1, 0.1, rng)) == ['train']
     split = assign_validation(10, 0.2, rng)
     assert (split == 'valid').sum() == 2

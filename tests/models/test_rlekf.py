@@ -19,14 +19,12 @@ from aiida_alkit.models.rlekf import (
     RLEKFConfig,
     automatic_p0,
     covariance_memory_bytes,
-    evaluate_rmse,
     kalman_prediction_uncertainty,
     kpu_trained,
     partition_parameters,
-    train_rlekf,
 )
 from aiida_alkit.models.serialization import load_potential_file, save_potential_file
-from aiida_alkit.models.training import TrainingConfig, train_adam
+from aiida_alkit.models.training import TrainingConfig, TrainingResult, evaluate_errors, train
 
 #: Small blocks so that the tiny test model has several reorganised layers.
 BLOCK_SIZE = 512
@@ -59,6 +57,12 @@ def _model(seed: int = 0) -> GMNN:
     return GMNN(GMNNHyperparameters.small(['Cu'], hidden_widths=(16, 16), dtype='float64', seed=seed))
 
 
+def _train_rlekf(model: GMNN, train_set, valid, config: RLEKFConfig | None = None, epochs: int = 10) -> TrainingResult:
+    """RLEKF through the one trainer, with the paper's one configuration per step and no held-out split."""
+    settings = TrainingConfig(epochs=epochs, batch_size=1, valid_fraction=0.0)
+    return train(model, train_set, valid, settings, optimizer='rlekf', rlekf=config)
+
+
 def _batch(model: GMNN, data: ConfigurationArrays, indices=None):
     return batch_from_configurations(data, model.species, model.cutoff, indices, model.device, model.dtype)
 
@@ -84,22 +88,22 @@ def data():
 @pytest.fixture(scope='module')
 def trained(data):
     model = _model()
-    history = train_rlekf(model, data['train'], data['valid'], RLEKFConfig(block_size=BLOCK_SIZE, p0=P0), epochs=3)
+    history = _train_rlekf(model, data['train'], data['valid'], RLEKFConfig(block_size=BLOCK_SIZE, p0=P0), epochs=3)
     return model, history
 
 
 def test_training_lowers_the_validation_error(trained):
     _, history = trained
-    assert history.epoch == [0, 1, 2, 3]
-    assert history.valid_energy_rmse[-1] < history.valid_energy_rmse[0]
-    assert history.valid_forces_rmse[-1] < 0.2 * history.valid_forces_rmse[0]
-    assert history.train_forces_rmse[-1] < 0.2 * history.train_forces_rmse[0]
-    assert set(history.as_dict()) >= {'train_energy_rmse', 'valid_forces_rmse', 'lam'}
+    assert history.series('epoch') == [0, 1, 2, 3]
+    assert history.series('valid_energy_rmse')[-1] < history.series('valid_energy_rmse')[0]
+    assert history.series('valid_forces_rmse')[-1] < 0.2 * history.series('valid_forces_rmse')[0]
+    assert history.series('train_forces_rmse')[-1] < 0.2 * history.series('train_forces_rmse')[0]
+    assert set(history.history[-1]) >= {'train_energy_rmse', 'valid_forces_rmse', 'lambda'}
 
 
 def test_covariance_stays_symmetric_positive_definite(trained):
     model, history = trained
-    optimizer = history.optimizer
+    optimizer = history.rlekf
     assert optimizer.n_blocks > 1
     block = max(optimizer.P, key=lambda p: p.shape[0])
     assert torch.equal(block, block.T)
@@ -205,7 +209,7 @@ def test_single_energy_update_moves_toward_the_label(data):
 
 def test_kpu_is_g_p_g_and_larger_far_from_the_training_data(trained, data):
     model, history = trained
-    optimizer = history.optimizer
+    optimizer = history.rlekf
     train_kpu = kalman_prediction_uncertainty(model, optimizer, _batch(model, data['train']), seed=0)
     far_kpu = kalman_prediction_uncertainty(model, optimizer.state_dict(), _batch(model, data['far']), seed=0)
     assert train_kpu.shape == (12,) and (train_kpu >= 0).all() and (far_kpu >= 0).all()
@@ -232,8 +236,8 @@ def test_training_is_reproducible_with_a_seed(data):
 
     def run(seed: int) -> tuple[list[torch.Tensor], RLEKF]:
         model = _model()
-        history = train_rlekf(model, subset, None, RLEKFConfig(block_size=BLOCK_SIZE, p0=P0, seed=seed), epochs=1)
-        return [p.detach().clone() for p in model.parameters()], history.optimizer
+        history = _train_rlekf(model, subset, None, RLEKFConfig(block_size=BLOCK_SIZE, p0=P0, seed=seed), epochs=1)
+        return [p.detach().clone() for p in model.parameters()], history.rlekf
 
     first, optimizer_a = run(5)
     second, optimizer_b = run(5)
@@ -279,11 +283,11 @@ def test_default_settings_train_as_well_as_adam(data):
     RLEKF with the defaults 9 meV/Å after 3 epochs, 4 after 4; with P_0 = I 342 meV/Å after one epoch (342 before).
     """
     adam_model = _model()
-    train_adam(adam_model, data['train'], None, TrainingConfig(epochs=200, batch_size=4, valid_fraction=0.0))
-    adam = evaluate_rmse(adam_model, data['valid'])['forces_rmse']
+    train(adam_model, data['train'], None, TrainingConfig(epochs=200, batch_size=4, valid_fraction=0.0))
+    adam = evaluate_errors(adam_model, data['valid'])['forces_rmse']
     model = _model()
-    history = train_rlekf(model, data['train'], data['valid'], epochs=3)
-    assert history.valid_forces_rmse[-1] <= 1.1 * adam
-    assert history.optimizer.config.p0 > 1e3  # the automatic value, recorded for the state and the KPU
-    paper = train_rlekf(_model(), data['train'], data['valid'], RLEKFConfig(p0=1.0), epochs=1)
-    assert paper.valid_forces_rmse[-1] > 0.9 * paper.valid_forces_rmse[0]
+    history = _train_rlekf(model, data['train'], data['valid'], epochs=3)
+    assert history.series('valid_forces_rmse')[-1] <= 1.1 * adam
+    assert history.rlekf.config.p0 > 1e3  # the automatic value, recorded for the state and the KPU
+    paper = _train_rlekf(_model(), data['train'], data['valid'], RLEKFConfig(p0=1.0), epochs=1)
+    assert paper.series('valid_forces_rmse')[-1] > 0.9 * paper.series('valid_forces_rmse')[0]

@@ -11,7 +11,7 @@ from ase.calculators.emt import EMT
 
 from aiida_alkit.io.arrays import ConfigurationArrays
 from aiida_alkit.models.batching import batch_from_configurations
-from aiida_alkit.models.committee import Committee, CommitteeCalculator, train_committee
+from aiida_alkit.models.committee import Committee, CommitteeCalculator
 from aiida_alkit.models.gmnn import GMNN, PAPER_LEARNING_RATES, GMNNHyperparameters
 from aiida_alkit.models.serialization import PotentialFileError, load_potential_file
 from aiida_alkit.models.training import (
@@ -20,10 +20,11 @@ from aiida_alkit.models.training import (
     TrainingConfig,
     TrainingDivergedError,
     evaluate_errors,
+    log_progress,
     loss_function,
     loss_terms,
     split_train_valid,
-    train_adam,
+    train,
 )
 
 
@@ -244,7 +245,7 @@ def test_stress_training_keeps_the_force_accuracy(platinum):
     for stress_weight in (0.0, TrainingConfig().stress_weight):
         model = GMNN(GMNNHyperparameters.small(['Pt'], hidden_widths=(16, 16)))
         config = _config(epochs=40, batch_size=8, stress_weight=stress_weight)
-        train_adam(model, platinum['train'], None, config)
+        train(model, platinum['train'], None, config)
         errors[stress_weight] = evaluate_errors(model, platinum['test'])
     without, with_stress = errors[0.0], errors[1.0]
     assert with_stress['forces_rmse'] <= 1.10 * without['forces_rmse']
@@ -253,13 +254,13 @@ def test_stress_training_keeps_the_force_accuracy(platinum):
 
 # ---------------------------------------------------------------------------------------------- training
 def test_adam_lowers_the_validation_force_error(copper):
-    train, valid = split_train_valid(copper, 0.25, seed=1)
+    train_set, valid = split_train_valid(copper, 0.25, seed=1)
     model = _model()
     lines: list[str] = []
-    result = train_adam(model, train, valid, _config(epochs=15, callback=lines.append, log_every=5))
+    result = train(model, train_set, valid, _config(epochs=15), callback=log_progress(lines.append, 5))
     initial = result.history[0]  # after fit_shift, before any step
     untrained = _model()
-    untrained.fit_shift(train.energy, np.asarray(train.sizes, dtype=float)[:, None])
+    untrained.fit_shift(train_set.energy, np.asarray(train_set.sizes, dtype=float)[:, None])
     assert initial['valid_forces_rmse'] == pytest.approx(evaluate_errors(untrained, valid)['forces_rmse'], rel=1e-5)
     final = evaluate_errors(model, valid)
     assert final['forces_rmse'] < 0.7 * initial['valid_forces_rmse']
@@ -272,7 +273,7 @@ def test_adam_lowers_the_validation_force_error(copper):
 
 def test_training_loss_decreases(copper):
     model = _model(seed=3)
-    result = train_adam(model, copper, None, _config(epochs=10, lr_final_fraction=0.1))
+    result = train(model, copper, None, _config(epochs=10, lr_final_fraction=0.1))
     losses = [entry['train_loss'] for entry in result.history[1:]]
     assert losses[-1] < 0.5 * losses[0]
     assert result.n_valid == 0 and result.metric == 'train_loss'
@@ -283,18 +284,18 @@ def test_same_seed_gives_bit_identical_weights(copper):
     states = []
     for seed in (5, 5, 6):
         model = _model()
-        train_adam(model, subset, None, _config(epochs=3, seed=seed, valid_fraction=0.25))
+        train(model, subset, None, _config(epochs=3, seed=seed, valid_fraction=0.25))
         states.append(model.state_dict())
     assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
     assert not all(torch.equal(states[0][key], states[2][key]) for key in states[0])
 
 
 def test_patience_stops_early_and_restores_the_best_epoch(copper):
-    train, valid = split_train_valid(copper.subset(range(8)), 0.25, seed=0)
+    train_set, valid = split_train_valid(copper.subset(range(8)), 0.25, seed=0)
     model = _model()
     # A huge learning rate of the shift makes every step worse than the fitted start.
     config = _config(epochs=30, patience=2, learning_rates={'shift': 50.0, 'nn': 0.0, 'representation': 0.0})
-    result = train_adam(model, train, valid, config)
+    result = train(model, train_set, valid, config)
     assert result.stopped_early and result.epochs_run == result.best_epoch + 2
     assert evaluate_errors(model, valid, weights=config.loss_weights)['loss'] == pytest.approx(
         result.best_metric, rel=1e-5
@@ -306,7 +307,7 @@ def test_nan_loss_raises_training_diverged_naming_the_epoch(copper):
     with torch.no_grad():
         model.network[0].weight[0, 0] = float('nan')
     with pytest.raises(TrainingDivergedError, match='epoch 1') as info:
-        train_adam(model, copper.subset(range(4)), None, _config(epochs=2))
+        train(model, copper.subset(range(4)), None, _config(epochs=2))
     assert info.value.epoch == 1
 
 
@@ -316,9 +317,8 @@ def committee(copper) -> Committee:
     previous = torch.get_num_threads()  # module fixtures run before the function-scoped one_thread
     torch.set_num_threads(1)
     try:
-        trained, results = train_committee(
-            GMNNHyperparameters.small(['Cu'], seed=10), copper.subset(range(8)), None, _config(epochs=2), n_members=3
-        )
+        trained = Committee(GMNNHyperparameters.small(['Cu'], seed=10), n_members=3)
+        results = train(trained, copper.subset(range(8)), None, _config(epochs=2)).members
     finally:
         torch.set_num_threads(previous)
     assert len(results) == 3 and all(r.n_train == 8 for r in results)
