@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
 from torch import nn
 
 from aiida_alkit.models.batching import Batch, batch_from_atoms
@@ -228,4 +229,4 @@ class CommitteeCalculator(Calculator):
         }
         if periodic:
             s = array(out['stress'][0])
-            self.results['stress'] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            self.results['stress'] = full_3x3_to_voigt_6_stress(s)
