@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import fields
 
 from aiida import orm
 
@@ -14,59 +13,17 @@ from aiida_alkit.jobs.train import CHECKPOINT_FILE, DATASET_FILE, INITIAL_FILE, 
 
 __all__ = ['TrainCalculation', 'validate_train_parameters']
 
-_TOP_LEVEL = {
-    'model', 'optimizer', 'training', 'rlekf', 'committee_size', 'kpu', 'device', 'num_threads', 'max_seconds'
-}  # fmt: skip
 #: Share of ``metadata.options.max_wallclock_seconds`` given to the job as its time budget ``max_seconds`` (the rest
 #: is for start-up, the last checkpoint and the final evaluation), as aiida-quantumespresso does for pw.x.
 WALLTIME_FRACTION = 0.9
 
 
-def _field_names(cls) -> set[str]:
-    return {item.name for item in fields(cls)}
-
-
 def validate_train_parameters(parameters: dict) -> str | None:
-    """Message naming the first problem of a ``parameters`` dictionary of the train job, or None."""
-    from aiida_alkit.models.gmnn import GMNNHyperparameters
-    from aiida_alkit.models.rlekf import RLEKFConfig
-    from aiida_alkit.models.training import TrainingConfig
+    """Message naming the first problem of the train job's parameters, or None
+    (:class:`~aiida_alkit.jobs.train_parameters.TrainParameters`, the one definition of them)."""
+    from aiida_alkit.jobs.train_parameters import train_problem  # imports torch: only when validating
 
-    unknown = sorted(set(parameters) - _TOP_LEVEL)
-    if unknown:
-        return f'unknown train parameters {unknown}; allowed: {sorted(_TOP_LEVEL)}'
-    optimizer = parameters.get('optimizer', 'adam')
-    if optimizer not in ('adam', 'rlekf'):
-        return f'optimizer must be "adam" or "rlekf", got {optimizer!r}'
-    size = parameters.get('committee_size', 1)
-    if not isinstance(size, int) or size < 1:
-        return f'committee_size must be a positive integer, got {size!r}'
-    if size > 1 and optimizer != 'adam':
-        return 'a committee (committee_size > 1) is trained with optimizer "adam" only'
-    max_seconds = parameters.get('max_seconds')
-    if max_seconds is not None and (not isinstance(max_seconds, (int, float)) or max_seconds <= 0):
-        return f'max_seconds must be a positive number of seconds, got {max_seconds!r}'
-    if parameters.get('device', 'auto') not in ('auto', 'cpu', 'cuda'):
-        return f'device must be "auto", "cpu" or "cuda", got {parameters["device"]!r}'
-    for key, cls, extra in (
-        ('model', GMNNHyperparameters, set()),
-        ('training', TrainingConfig, set()),
-        ('rlekf', RLEKFConfig, {'epochs', 'batch_size'}),
-    ):
-        bad = sorted(set(parameters.get(key) or {}) - _field_names(cls) - extra - {'model_kind'})
-        if bad:
-            return f'unknown {key} parameters {bad}'
-    try:
-        if parameters.get('model'):
-            GMNNHyperparameters.from_dict({'species': ['H'], **parameters['model']})
-        TrainingConfig.from_dict(parameters.get('training') or {})
-        rlekf = {
-            key: value for key, value in (parameters.get('rlekf') or {}).items() if key not in ('epochs', 'batch_size')
-        }
-        RLEKFConfig.from_dict(rlekf)  # p0 None (absent) = the automatic P_0 of models/rlekf.py
-    except (TypeError, ValueError) as exc:
-        return f'invalid train parameters: {exc}'
-    return None
+    return train_problem(parameters)
 
 
 def _validate_parameters(value: orm.Dict, _) -> str | None:
@@ -101,7 +58,7 @@ class TrainCalculation(AlkitJobCalculation):
             valid_type=orm.Dict,
             default=lambda: orm.Dict({}),
             validator=_validate_parameters,
-            help='model / optimizer / training / rlekf / committee_size / device settings (see jobs/train.py).',
+            help='model / optimizer / training / rlekf / committee_size / device settings (see jobs/train_parameters.py).',
         )
         spec.input(
             'initial_potential',

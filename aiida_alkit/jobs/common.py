@@ -16,12 +16,25 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+
+class ParameterError(ValueError):
+    """A parameter of a job is unknown or out of range (the message names the key, the value and what is allowed)."""
+
+
 PARAMETERS_FILE = 'parameters.json'
 RESULTS_FILE = 'results.json'
 #: Key of ``parameters.json`` with the number of cores the job's scheduler request granted (written by the CalcJob).
 GRANTED_CORES_KEY = 'granted_cores'
 
-__all__ = ['GRANTED_CORES_KEY', 'PARAMETERS_FILE', 'RESULTS_FILE', 'configure_threads', 'run_job', 'torch_threads']
+__all__ = [
+    'GRANTED_CORES_KEY',
+    'PARAMETERS_FILE',
+    'RESULTS_FILE',
+    'ParameterError',
+    'configure_threads',
+    'run_job',
+    'torch_threads',
+]
 
 
 def run_job(main: Callable[[pathlib.Path, dict[str, Any]], dict[str, Any]], argv: list[str] | None = None) -> int:

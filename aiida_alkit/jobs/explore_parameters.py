@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from aiida_alkit.exploration.bias import DEFAULT_BURN_IN
+from aiida_alkit.jobs.common import GRANTED_CORES_KEY, ParameterError
 
 __all__ = [
     'BarostatParameters',
@@ -29,10 +30,6 @@ __all__ = [
     'StopParameters',
     'explore_problem',
 ]
-
-
-class ParameterError(ValueError):
-    """A parameter of the explore job is unknown or out of range (the message names it)."""
 
 
 def _is_number(value: Any) -> bool:
@@ -315,7 +312,7 @@ class ExploreParameters:
     """Verlet skin, Å: neighbour lists rebuilt only when an atom may have moved more than skin/2; 0: every step."""
 
     #: Keys of parameters.json that are not settings (written by the CalcJob, read by ``jobs.common``).
-    RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset({'granted_cores'})
+    RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset({GRANTED_CORES_KEY})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], runtime: bool = False) -> ExploreParameters:

@@ -2,18 +2,15 @@
 
 Reads ``dataset.npz`` (a :class:`~aiida_alkit.io.arrays.ConfigurationArrays`; configurations whose ``info.split``
 is ``'valid'`` form the validation set), optionally ``initial.pt`` (a potential to continue from), ``test.npz`` (a
-labelled test set, evaluated at the end) and
-``parameters.json``::
+labelled test set, evaluated at the end) and ``parameters.json``, for example::
 
-    {"model": {...GMNNHyperparameters fields...},   # species default: those of the dataset
-     "optimizer": "adam" | "rlekf",
-     "training": {...TrainingConfig fields...},      # adam
-     "rlekf": {...RLEKFConfig fields..., "epochs": 10, "batch_size": 1},
-     "committee_size": 1,                            # > 1: a committee of independently initialised models (adam)
-     "kpu": {"fraction": 0.5, "max_configurations": 200},   # rlekf: KPU_trained saved with the potential
-     "device": "auto" | "cpu" | "cuda",
-     "num_threads": null,
-     "max_seconds": null}                            # time budget (s); the CalcJob sets 0.9 x its walltime
+    {"model": {"hidden_widths": [64, 64]},   # species default: those of the dataset
+     "optimizer": "adam",
+     "training": {"epochs": 300, "batch_size": 16},
+     "committee_size": 1,
+     "device": "auto"}
+
+Every key, its default, unit and allowed values: :class:`~aiida_alkit.jobs.train_parameters.TrainParameters`.
 
 Writes ``potential.pt`` (one file; RLEKF's P blocks and KPU_trained in its extras), ``metrics.json`` (final
 train/validation RMSEs: energy per atom in eV/atom, forces in eV/Å, stress in eV/Å³, and the per-epoch history of
@@ -29,6 +26,7 @@ from __future__ import annotations
 import json
 import pathlib
 import time
+from dataclasses import replace
 from typing import Any
 
 from aiida_alkit.io.arrays import ConfigurationArrays
@@ -114,16 +112,11 @@ def _checkpoint_hook(folder: pathlib.Path, model, epochs_done: int, epochs: int,
 
 
 def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
-    from aiida_alkit.models.gmnn import GMNNHyperparameters
-    from aiida_alkit.models.rlekf import RLEKFConfig, kpu_trained
-    from aiida_alkit.models.training import (
-        TrainingConfig,
-        TrainingDivergedError,
-        log_progress,
-        split_train_valid,
-        train,
-    )
+    from aiida_alkit.jobs.train_parameters import TrainParameters
+    from aiida_alkit.models.rlekf import kpu_trained
+    from aiida_alkit.models.training import TrainingDivergedError, log_progress, split_train_valid, train
 
+    settings = TrainParameters.from_dict(parameters, runtime=True)
     threads = configure_threads(parameters)
     if threads is not None:
         progress(f'torch threads: {threads}')
@@ -131,37 +124,26 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     if arrays.energy is None:
         raise ValueError('the training set has no energy labels')
     train_set, valid_set = split_train_valid(arrays, tag='split')
-    device = _device(parameters.get('device', 'auto'))
-    model_settings = dict(parameters.get('model') or {})
-    model_settings.setdefault('species', arrays.species)
-    hyperparameters = GMNNHyperparameters.from_dict(model_settings)
+    device = _device(settings.device)
+    hyperparameters = settings.hyperparameters(arrays.species)
     missing = sorted(set(arrays.species) - set(hyperparameters.species))
     if missing:
         raise ValueError(f'the dataset contains {missing}, which the model species {hyperparameters.species} lack')
-    optimizer = parameters.get('optimizer', 'adam')
-    if optimizer not in ('adam', 'rlekf'):
-        raise ValueError(f'unknown optimizer {optimizer!r}: use "adam" or "rlekf"')
-    committee_size = int(parameters.get('committee_size', 1))
+    optimizer, committee_size = settings.optimizer, settings.committee_size
     progress(
         f'training {"a committee of " + str(committee_size) if committee_size > 1 else "one"} GM-NN with {optimizer} '
         f'on {len(train_set)} configurations ({0 if valid_set is None else len(valid_set)} for validation), '
         f'device {device}'
     )
-    training = TrainingConfig.from_dict(parameters.get('training') or {})
-    rlekf = None
-    if optimizer == 'rlekf':  # RLEKF's own settings; no validation set is drawn (only info.split makes one)
-        settings = dict(parameters.get('rlekf') or {})
-        epochs, batch_size = int(settings.pop('epochs', 10)), int(settings.pop('batch_size', 1))
-        training = TrainingConfig(epochs=epochs, batch_size=batch_size, valid_fraction=0.0)
-        rlekf = RLEKFConfig(**settings)
+    training = settings.training_config()  # RLEKF: no validation set is drawn (only info.split makes one)
+    rlekf = settings.rlekf.config if optimizer == 'rlekf' else None
     model, epochs_done = _load_model(folder, hyperparameters, committee_size, device)
     checkpoint = None
     if optimizer == 'adam' and committee_size == 1:  # only these resume (TrainWorkChain's walltime handler)
         if epochs_done:  # resuming a checkpoint: the remaining epochs, no new energy shift
-            training.epochs = max(1, training.epochs - epochs_done)
-            training.fit_shift = False
+            training = replace(training, epochs=max(1, training.epochs - epochs_done), fit_shift=False)
             progress(f'resuming from a checkpoint after {epochs_done} epochs: {training.epochs} epochs to go')
-        checkpoint = _checkpoint_hook(folder, model, epochs_done, training.epochs, parameters.get('max_seconds'))
+        checkpoint = _checkpoint_hook(folder, model, epochs_done, training.epochs, settings.max_seconds)
     try:
         result = train(
             model,
@@ -181,14 +163,10 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     extras: dict[str, Any] = {}
     if result.rlekf is not None:
         extras['rlekf'] = result.rlekf.state_dict()
-        kpu = parameters.get('kpu') or {}
+        kpu = settings.kpu
         extras['kpu_trained'] = float(
             kpu_trained(
-                model,
-                result.rlekf,
-                train_set,
-                fraction=float(kpu.get('fraction', 0.5)),
-                max_configurations=kpu.get('max_configurations', 200),
+                model, result.rlekf, train_set, fraction=kpu.fraction, max_configurations=kpu.max_configurations
             )
         )
     model.save(folder / POTENTIAL_FILE, extras=extras or None)
