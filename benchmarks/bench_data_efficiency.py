@@ -988,12 +988,19 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help='JSON lines of an earlier run with the same settings: its finished campaigns (data_efficiency_campaign '
         'lines) are kept and not run again (append the new output to the same file: --resume F >> F)',
     )
+    parser.add_argument(
+        '--summary-only',
+        action='store_true',
+        help='with --resume: run nothing, summarise (and plot) the seeds whose campaigns of every variant finished',
+    )
     parser.add_argument('--epoch-check', action='store_true', help='run the epoch convergence check only')
     parser.add_argument('--check-epochs', type=int, nargs='+', default=[100, 200, 400, 800])
     args = parser.parse_args(argv)
     args.seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     args.jobs = args.jobs if args.jobs is not None else (4 if args.quick else 2)
     args.names = [name.strip() for name in args.variants.split(',') if name.strip()]
+    if args.summary_only and args.resume is None:
+        parser.error('--summary-only needs --resume')
     unknown = sorted(set(args.names) - set(VARIANTS))
     if unknown:
         parser.error(f'unknown variants {unknown}; choose from {list(VARIANTS)}')
@@ -1018,6 +1025,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     names, target_key, target_mev = args.names, args.target_on, 1e3 * args.target_force_rmse
     started = time.perf_counter()
+    if args.summary_only:
+        summarise_finished(args, settings, names, target_key, target_mev)
+        return
 
     with tempfile.TemporaryDirectory() as home:
         os.environ['AIIDA_PATH'] = home  # before AiiDA is imported
@@ -1096,6 +1106,27 @@ def main(argv: list[str] | None = None) -> None:
         run_campaigns(campaigns, args.jobs, finished)
         campaigns_s = time.perf_counter() - started - data_s
 
+    report(results, names, settings, args, target_key, target_mev, {
+        'failed_campaigns': failures,
+        'jobs': args.jobs,
+        'data_s': data_s,
+        'campaigns_s': campaigns_s,
+        'total_s': time.perf_counter() - started,
+        'wall_time_h': (time.perf_counter() - started) / 3600.0,
+    })  # fmt: skip
+
+
+def report(
+    results: dict[str, dict[int, dict[str, Any]]],
+    names: list[str],
+    settings: Settings,
+    args,
+    target_key: str,
+    target_mev: float,
+    extra: dict[str, Any],
+) -> None:
+    """Print one ``data_efficiency`` line per variant and the summary line; write the learning-curve and coverage
+    plots."""
     variants = {name: summarise_variant(name, results[name], target_mev, target_key) for name in names if results[name]}
     for record in variants.values():
         print(json.dumps(rounded(record)), flush=True)
@@ -1104,19 +1135,27 @@ def main(argv: list[str] | None = None) -> None:
         points = {name: np.concatenate([r['cv_points'] for r in results[name].values()]) for name in variants}
         coverage_plot = args.plot.with_name(f'{args.plot.stem}_coverage{args.plot.suffix}')
         plot_coverage(points, {name: record['coverage']['mean'] for name, record in variants.items()}, coverage_plot)
-    total_s = time.perf_counter() - started
     extra = {
-        'failed_campaigns': failures,
+        **extra,
         'plot': str(args.plot),
-        'jobs': args.jobs,
-        'data_s': data_s,
-        'campaigns_s': campaigns_s,
-        'total_s': total_s,
-        'wall_time_h': total_s / 3600.0,
         'command': args.command,
         'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
     }
     print(json.dumps(rounded(summary(variants, settings, args, extra), 3)), flush=True)
+
+
+def summarise_finished(args, settings: Settings, names: list[str], target_key: str, target_mev: float) -> None:
+    """``--summary-only``: the variants' lines, the summary and the plots of the seeds whose campaigns of every
+    variant in ``names`` finished in ``--resume`` (so that every variant is compared on the same seeds); no campaign
+    runs."""
+    finished = finished_campaigns(args.resume, settings, names, args.seeds)
+    complete = [seed for seed in args.seeds if all((name, seed) in finished for name in names)]
+    if not complete:
+        raise SystemExit(f'no seed of {args.seeds} has a finished campaign of every variant {names} in {args.resume}')
+    log(f'[summary only] seeds with every variant finished: {complete} (of {args.seeds})')
+    args.seeds = complete
+    results = {name: {seed: finished[(name, seed)] for seed in complete} for name in names}
+    report(results, names, settings, args, target_key, target_mev, {'summary_only': True, 'failed_campaigns': {}})
 
 
 if __name__ == '__main__':

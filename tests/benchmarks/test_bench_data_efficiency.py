@@ -112,3 +112,47 @@ def test_quick_mode_runs_every_variant(tmp_path):
         if line['benchmark'] == 'data_efficiency':
             before = records[line['strategy']]
             assert line['test'] == before['test'] and line['coverage']['mean'] == before['coverage']['mean']
+
+
+RESULTS = SCRIPT.parent / 'results' / 'data_efficiency_campaign_2026-11-27.jsonl'
+
+
+def test_summary_only_summarises_the_finished_campaigns_of_a_full_run(tmp_path):
+    """``--summary-only --resume``: no campaign runs; the committed full run's finished campaigns (seed 0 of
+    gradient and gradient_unbiased at least) are summarised on the seeds where every asked variant finished, and a
+    request no seed satisfies is refused."""
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        '--summary-only',
+        '--resume',
+        str(RESULTS),
+        '--plot',
+        str(tmp_path / 'c.png'),
+    ]
+    done = subprocess.run(
+        [*command, '--variants', 'gradient,gradient_unbiased', '--seeds', '0', '1', '2'],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{')]
+    summary = lines[-1]
+    assert summary['benchmark'] == 'data_efficiency_summary' and summary['summary_only']
+    assert 0 in summary['seeds'] and summary['variants'] == ['gradient', 'gradient_unbiased']
+    campaigns = {}
+    for text in RESULTS.read_text().splitlines():
+        if text.startswith('{') and json.loads(text).get('benchmark') == 'data_efficiency_campaign':
+            line = json.loads(text)
+            campaigns[(line['variant'], line['seed'])] = line
+    # the summary's final worst-condition RMSE is the seed mean of the campaigns' last points
+    for name in ('gradient', 'gradient_unbiased'):
+        finals = [campaigns[(name, seed)]['curves']['worst']['force'][-1] for seed in summary['seeds']]
+        assert summary['worst_condition_force_rmse_final_mev_per_ang'][name] == pytest.approx(
+            sum(finals) / len(finals), rel=1e-3
+        )
+    assert summary['worst_condition_rmse_ratio_gradient_vs_unbiased'] > 0
+    assert (tmp_path / 'c.png').stat().st_size > 0 and (tmp_path / 'c_coverage.png').stat().st_size > 0
+    refused = subprocess.run(
+        [*command, '--variants', 'gradient', '--seeds', '7'], capture_output=True, text=True, check=False, timeout=600
+    )
+    assert refused.returncode != 0 and 'no seed of [7]' in refused.stderr
