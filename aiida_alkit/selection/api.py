@@ -18,6 +18,7 @@ candidate).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -134,12 +135,17 @@ BUILTIN_SELECTORS: dict[str, Callable[..., Selection]] = {}
 def selectors() -> dict[str, Callable[..., Selection]]:
     """Every selection method: the built-in ones and those of installed plugins (entry-point group
     :data:`SELECTOR_ENTRY_POINT_GROUP`; a plugin cannot replace a built-in method)."""
+    return {**BUILTIN_SELECTORS, **{k: v for k, v in _plugin_selectors().items() if k not in BUILTIN_SELECTORS}}
+
+
+@functools.cache
+def _plugin_selectors() -> dict[str, Callable[..., Selection]]:
+    """The installed plugins' selectors, looked up once per process (``select`` runs every round)."""
     from importlib.metadata import entry_points
 
-    found = dict(BUILTIN_SELECTORS)
-    for entry_point in entry_points(group=SELECTOR_ENTRY_POINT_GROUP):
-        found.setdefault(entry_point.name.lower(), entry_point.load())
-    return found
+    return {
+        entry_point.name.lower(): entry_point.load() for entry_point in entry_points(group=SELECTOR_ENTRY_POINT_GROUP)
+    }
 
 
 def select(method: str, batch_size: int, **inputs: Any) -> Selection:

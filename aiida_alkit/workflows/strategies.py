@@ -70,11 +70,17 @@ def builtin_strategies() -> dict[str, Strategy]:
 
 def strategies() -> dict[str, Strategy]:
     """The built-in strategies and those of installed plugins (:data:`STRATEGY_ENTRY_POINT_GROUP`)."""
+    return {**builtin_strategies(), **_plugin_strategies()}
+
+
+@functools.cache
+def _plugin_strategies() -> dict[str, Strategy]:
+    """The installed plugins' strategies (not those named like a built-in), looked up once per process."""
     from importlib.metadata import entry_points
 
-    found = dict(builtin_strategies())
+    found: dict[str, Strategy] = {}
     for entry_point in entry_points(group=STRATEGY_ENTRY_POINT_GROUP):
-        if entry_point.name in found:
+        if entry_point.name in builtin_strategies():
             continue
         value = entry_point.load()
         strategy = value if isinstance(value, Strategy) else value()
