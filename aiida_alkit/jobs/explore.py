@@ -9,14 +9,16 @@ check) and ``parameters.json``, e.g.::
      "features": {"kind": "sketch", "dim": 512}}
 
 Every key, its default, unit and allowed values: :class:`~aiida_alkit.jobs.explore_parameters.ExploreParameters`
-(the one definition, also used by the CalcJob's validator and the campaign's checks).
+(the one definition, also used by the CalcJob's validator and the campaign's checks). The bias kinds and stop
+criteria are registries in :mod:`aiida_alkit.jobs.explore_terms` (plugins can add their own).
 
 Writes ``pool.npz`` (the candidates: frames every ``sample_every`` steps plus each walker's stop frame, with walker,
 step, temperature, pressure, volume, model energy and uncertainties in ``info``), ``scores.npz`` (per-candidate
 arrays for the select step: ``pool_features``/``train_features`` (gradient features), ``calibrated_uncertainty``
 (max atom posterior uncertainty as a conformally calibrated force-error bound, eV/Å, when the training set has a
 validation configuration; the same calibration as the walker stop, its record in ``results.json`` under
-``calibration``), ``max_force_deviation`` (committee, eV/Å), ``kpu`` (RLEKF), ``hal_stop`` and ``relative_force_uncertainty``
+``calibration``), ``max_force_deviation`` (committee, eV/Å), ``kpu`` (RLEKF; with ``kpu_trained``, the training set's mean KPU
+as one value, the alkpu window's reference), ``hal_stop`` and ``relative_force_uncertainty``
 (with ``stop.hal``: whether a candidate is a walker's HAL stop frame, its max relative force uncertainty f_i, and
 its ``walker``)), ``stops.json`` (why and when each walker stopped) and ``results.json`` (with ``timings_s``: wall
 seconds of the stages ``load``, ``calibration``, ``md`` and ``scores``).
@@ -27,7 +29,6 @@ from __future__ import annotations
 import json
 import pathlib
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,8 +40,8 @@ from aiida_alkit.jobs.explore_parameters import (
     BiasParameters,
     ExploreParameters,
     MonteCarloParameters,
-    StopParameters,
 )
+from aiida_alkit.jobs.explore_terms import AtomCalibration, ExploreContext, bias_term_and_stop_criteria
 
 __all__ = [
     'POOL_FILE',
@@ -126,12 +127,11 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
         atoms.calc = None
 
     bias, stop = settings.bias, settings.stop
-    kind = bias.kind
     strength, stress_strength = _bias_strengths(bias)
     pressure = settings.pressure_GPa
     timer.lap('load')
     calibration = _atom_calibration(members, settings, train)
-    criteria, term = _stop_criteria(stop, bias, members, train, calibration)
+    criteria, term = bias_term_and_stop_criteria(ExploreContext(members, train, settings, calibration))
     timer.lap('calibration')
     potential = BiasedPotential(
         model if len(members) > 1 else members[0],
@@ -151,7 +151,7 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
     progress(
         f'exploring with {n_walkers} walkers for up to {settings.steps} steps at {settings.temperature_K} K'
         + (f', {pressure} GPa' if pressure is not None else '')
-        + f', bias {kind}'
+        + f', bias {bias.kind}'
     )
     md = BatchedMD(
         potential,
@@ -270,104 +270,6 @@ def _monte_carlo(settings: MonteCarloParameters | None, starts: list, pressure: 
     return monte_carlo
 
 
-def _bias_term(bias: BiasParameters, members: list, train: ConfigurationArrays | None):
-    """The uncertainty u of E_bias = E - τu: committee σ (seed 002 eq. 5 on a model committee), gradient-feature
-    posterior (seed 003) or HAL's Bayesian-ridge σ̃ on last-layer features (seed 002; fitted on the training
-    energies and, for at most ``bias.force_structures`` (50) configurations, their forces, eq. 18-19)."""
-    from aiida_alkit.exploration.bias import CommitteeUncertainty
-
-    kind = bias.kind
-    if kind == 'none':
-        return None
-    if kind == 'committee':
-        if len(members) < 2:
-            raise ValueError('bias kind "committee" needs a committee potential (committee_size > 1)')
-        return CommitteeUncertainty()
-    if kind not in ('gradient', 'hal'):
-        raise ValueError(f'unknown bias kind {kind!r}: use "none", "committee", "gradient" or "hal"')
-    if train is None:
-        raise ValueError(f'bias kind {kind!r} needs the training set (input "training")')
-    from aiida_alkit.exploration.terms import GradientFeatureUncertainty, HALUncertainty
-
-    model = members[0]
-    if kind == 'gradient':
-        return GradientFeatureUncertainty.from_data(model, train, kind='posterior', dim=bias.dim)
-    from aiida_alkit.exploration.terms import structure_force_features
-    from aiida_alkit.uncertainty.features import compute_features
-    from aiida_alkit.uncertainty.hal import BayesianRidge, build_design_matrix
-
-    features = np.asarray(compute_features(model, train, kind='last_layer', per_atom=False).structure)
-    if train.forces is None:
-        design, targets = build_design_matrix(features, train.energy)
-    else:  # the force rows of eq. 18-19, for at most `force_structures` configurations (d backward passes each)
-        chosen = np.arange(min(len(train), bias.force_structures))
-        structures = [train.get_atoms(int(i)) for i in chosen]
-        force_features = [structure_force_features(model, atoms)[1] for atoms in structures]
-        design, targets = _hal_design(features, train, chosen, force_features, [a.get_forces() for a in structures])
-    return HALUncertainty(model, BayesianRidge().fit(design, targets), atom_quantity=None)
-
-
-def _stop_criteria(
-    stop: StopParameters, bias: BiasParameters, members: list, train, calibration: AtomCalibration | None
-):
-    """The papers' MD stop criteria (besides the physical limits) and the bias term (:func:`_bias_term`, built once).
-
-    ``stop.uncertainty`` (eV/Å): a committee stops on its max atom force deviation; a single model on its gradient
-    -feature atom uncertainty, conformally calibrated to a force-error bound (:func:`_atom_calibration`, the one
-    calibration the candidate scores use too), which then also is the bias term of the ``gradient`` bias (or a
-    zero-strength term without bias). ``stop.hal``: HAL's relative-force / softmax criterion (seed 002 eq. 6-8) on the
-    HAL term's member forces. ``stop.gamma_break``: the D-optimality extrapolation grade (seed 004).
-    """
-    from aiida_alkit.exploration.dynamics import HALStop, UncertaintyThreshold
-    from aiida_alkit.exploration.terms import ExtrapolationGradeStop, atom_values
-
-    criteria: list[Any] = []
-    term = None
-    kind = bias.kind
-    threshold = stop.uncertainty
-    if threshold is not None:
-        if len(members) > 1:
-            criteria.append(UncertaintyThreshold(float(threshold)))
-        elif kind in ('none', 'gradient'):
-            if calibration is None:
-                progress('stop.uncertainty not applied: calibrating it needs a validation configuration with forces')
-            else:
-                term = calibration.term
-                criteria.append(UncertaintyThreshold(float(threshold), atom_uncertainty=atom_values))
-        else:
-            raise ValueError(
-                f'stop.uncertainty is for committees and the gradient bias; with bias {kind!r} use stop.hal'
-            )
-    if term is None and kind == 'gradient' and calibration is not None:
-        term = calibration.term  # the GP of the calibration, fitted on the 'train' rows, biases the MD
-    if term is None:
-        term = _bias_term(bias, members, train)
-    hal = stop.hal
-    if hal is not None:
-        if kind != 'hal':
-            raise ValueError(f'stop.hal needs bias kind "hal", not {kind!r}')
-        term.atom_quantity = 'relative_force'
-        criteria.append(HALStop(f_tol=hal.f_tol, s_tol=hal.s_tol, relative_force=atom_values))
-    if stop.gamma_break is not None:
-        if train is None:
-            raise ValueError('stop.gamma_break needs the training set (input "training")')
-        criteria.append(
-            ExtrapolationGradeStop.from_training(
-                members[0], train, float(stop.gamma_break), check_every=stop.check_every
-            )
-        )
-    return criteria, term
-
-
-@dataclass
-class AtomCalibration:
-    """The explore job's one calibration: a gradient-feature posterior term whose atom values ``q̂ u_i`` are force
-    -error bounds in eV/Å, and its record (rule, alpha, quantile level, q̂, validation size) for ``results.json``."""
-
-    term: Any
-    record: dict[str, Any]
-
-
 def _atom_calibration(members: list, settings: ExploreParameters, train) -> AtomCalibration | None:
     """Calibrated atom uncertainty of a single model (seed 003 Methods), used by the walker stop, the gradient bias
     and the candidate scores alike, so that ``stop.uncertainty`` (e.g. 1.5 eV/Å) and the select step's
@@ -403,21 +305,6 @@ def _atom_calibration(members: list, settings: ExploreParameters, train) -> Atom
         + (' (quantile level clipped to 1)' if record['level_clipped'] else '')
     )
     return AtomCalibration(term=calibrated(term, calibrator), record=record)
-
-
-def _hal_design(features, train, chosen, force_features, forces):
-    """Energy rows of every training configuration plus force rows of the ``chosen`` ones."""
-    from aiida_alkit.uncertainty.hal import build_design_matrix
-
-    energy_design, energy_targets = build_design_matrix(features, train.energy)
-    force_design, force_targets = build_design_matrix(
-        features[chosen], train.energy[chosen], force_features=force_features, forces=forces
-    )
-    n_energy_rows = len(chosen)  # build_design_matrix puts the energy rows first
-    return (
-        np.concatenate([energy_design, force_design[n_energy_rows:]]),
-        np.concatenate([energy_targets, force_targets[n_energy_rows:]]),
-    )
 
 
 def _scores(model, members, arrays, train, settings: ExploreParameters, folder, calibration) -> dict[str, np.ndarray]:
@@ -474,6 +361,8 @@ def _scores(model, members, arrays, train, settings: ExploreParameters, folder, 
             batch = batch_from_configurations(arrays, first.species, first.cutoff, indices, first.device, first.dtype)
             values.append(kalman_prediction_uncertainty(first, extras['rlekf'], batch, fraction=fraction, seed=start))
         scores['kpu'] = np.concatenate(values)
+        if 'kpu_trained' in extras:  # the alkpu window's reference (one value, seed 000), kept with the scores
+            scores['kpu_trained'] = np.array([float(extras['kpu_trained'])])
     return scores
 
 

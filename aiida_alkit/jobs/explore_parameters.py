@@ -40,9 +40,9 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _known(data: Mapping[str, Any], cls: type, what: str) -> None:
-    """Refuse keys that are not fields of ``cls`` (``what``: how the message names the group)."""
-    allowed = {item.name for item in dataclasses.fields(cls) if item.init}
+def _known(data: Mapping[str, Any], cls: type, what: str, extra: frozenset[str] = frozenset()) -> None:
+    """Refuse keys that are not fields of ``cls`` nor in ``extra`` (``what``: how the message names the group)."""
+    allowed = {item.name for item in dataclasses.fields(cls) if item.init and item.name != 'plugins'} | extra
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ParameterError(f'unknown {what} parameters {unknown}; allowed: {sorted(allowed)}')
@@ -58,7 +58,8 @@ class BiasParameters:
     """The bias of E_bias = E - τ u (seed 002 eq. 5, seed 003 eq. 6-8)."""
 
     kind: str = 'none'
-    """'none', 'committee' (committee σ), 'gradient' (gradient-feature posterior, seed 003) or 'hal' (seed 002)."""
+    """'none', 'committee' (committee σ), 'gradient' (gradient-feature posterior, seed 003), 'hal' (seed 002) or a
+    plugin's kind (:mod:`aiida_alkit.jobs.explore_terms`)."""
     tau: float = 0.0
     """Constant τ of the bias forces (dimensionless, ≥ 0)."""
     relative_tau: float | None = None
@@ -75,15 +76,23 @@ class BiasParameters:
     """Sketch dimension of the gradient features of the posterior (and of the calibration)."""
     force_structures: int = 50
     """HAL: training configurations whose forces enter the Bayesian ridge (eq. 18-19)."""
-
-    KINDS: ClassVar[tuple[str, ...]] = ('none', 'committee', 'gradient', 'hal')
+    options: dict[str, Any] | None = None
+    """Settings of a plugin's bias kind (JSON values; the built-in kinds take none)."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BiasParameters:
+        from aiida_alkit.jobs.explore_terms import BUILTIN_BIAS_KINDS, bias_kinds
+
         _known(data, cls, 'bias')
         kind = data.get('kind', 'none')
-        if kind not in cls.KINDS:
-            raise ParameterError(f'bias.kind must be "none", "committee", "gradient" or "hal", got {kind!r}')
+        kinds = bias_kinds()
+        if kind not in kinds:
+            raise ParameterError(f'bias.kind must be one of {list(kinds)}, got {kind!r}')
+        options = data.get('options')
+        if options is not None and not isinstance(options, Mapping):
+            raise ParameterError(f'bias.options must be a dictionary, got {options!r}')
+        if options and kind in BUILTIN_BIAS_KINDS:
+            raise ParameterError(f'bias.options are for plugin bias kinds; the built-in kind {kind!r} takes none')
         for key in ('tau', 'relative_tau', 'stress_tau', 'relative_stress_tau'):
             value = data.get(key)
             if value is not None and (not _is_number(value) or value < 0):
@@ -101,6 +110,7 @@ class BiasParameters:
             species_strength=data.get('species_strength') or None,
             dim=int(data.get('dim', 256)),
             force_structures=int(data.get('force_structures', 50)),
+            options=dict(options) if options else None,
         )
 
 
@@ -203,10 +213,15 @@ class StopParameters:
     """D-optimality extrapolation grade (≥ 1) above which a walker stops (seed 004)."""
     check_every: int = 1
     """MD steps between two evaluations of gamma."""
+    plugins: dict[str, Any] = field(default_factory=dict)
+    """Settings of plugin stop criteria, from ``stop.<criterion name>`` (given and not null: the criterion is on)."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], bias_kind: str) -> StopParameters:
-        _known(data, cls, 'stop')
+        from aiida_alkit.jobs.explore_terms import BUILTIN_STOP_CRITERIA, stop_criteria
+
+        plugin_names = frozenset(stop_criteria()) - frozenset(BUILTIN_STOP_CRITERIA)
+        _known(data, cls, 'stop', extra=plugin_names)
         for key in ('max_force', 'min_distance_fraction', 'uncertainty', 'gamma_break'):
             value = data.get(key)
             if value is not None and (not isinstance(value, (int, float)) or value <= 0):
@@ -236,6 +251,7 @@ class StopParameters:
             hal=hal,
             gamma_break=data.get('gamma_break'),
             check_every=int(data.get('check_every', 1)),
+            plugins={name: data[name] for name in sorted(plugin_names) if data.get(name) is not None},
         )
 
 

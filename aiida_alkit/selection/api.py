@@ -251,17 +251,22 @@ def select_in_window(
     n_pool: int | None = None,
     **_: Any,
 ) -> Selection:
-    """The window methods and the baseline: ``alkpu`` (KPU window c0, c1 around ``kpu_trained``, seed 000), ``trust``
+    """The window methods and the baseline: ``alkpu`` (KPU window c0, c1 around ``kpu_trained``, seed 000: the
+    parameter, else ``scores['kpu_trained']`` as the explore job writes it from the RLEKF potential), ``trust``
     (committee force-deviation window [``lo``, ``hi``] eV/Å, DP-GEN) and ``random`` (``n_pool`` candidates)."""
     if method == 'random':
-        n = n_pool if n_pool is not None else len(next(iter(scores.values()))) if scores else None
+        n = n_pool if n_pool is not None else max(map(len, scores.values())) if scores else None
         if n is None:
             raise ValueError('method "random" needs n_pool (or any score array)')
         window = random_selection(n, batch_size, seed=seed)
         values = np.zeros(n)
     elif method == 'alkpu':
+        if kpu_trained is None and 'kpu_trained' in scores:
+            kpu_trained = float(np.asarray(scores['kpu_trained']).reshape(-1)[0])
         if 'kpu' not in scores or kpu_trained is None:
-            raise ValueError('method "alkpu" needs scores["kpu"] and kpu_trained')
+            raise ValueError(
+                'method "alkpu" needs scores["kpu"] and kpu_trained (a parameter or scores["kpu_trained"])'
+            )
         values = np.asarray(scores['kpu'], dtype=np.float64)
         window = alkpu_window(values, kpu_trained, c0=c0, c1=c1, max_selected=batch_size, seed=seed)
     else:

@@ -505,8 +505,6 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
         self.ctx.current['explored'] = len(self.ctx.pool)
         self.ctx.current['walker_stops'] = dict(node.outputs.stops.get_dict().get('counts', {}))
         parameters = self.inputs.select.parameters.get_dict()
-        if parameters.get('method') == 'alkpu':
-            parameters.setdefault('kpu_trained', self.ctx.potential.base.attributes.get('kpu_trained'))
         if 'batch_size' in parameters and 'label_budget' in self.inputs:
             remaining = self.inputs.label_budget.value - self.ctx.n_labelled
             parameters['batch_size'] = max(1, min(parameters['batch_size'], remaining))

@@ -36,6 +36,9 @@ def test_alkpu_window():
     assert result.n_candidate == 2
     assert result.indices.size == 1
     assert result.indices[0] in (1, 2)
+    # the explore job hands the reference over with the scores (one value): the same window
+    handed = select('alkpu', 1, scores={'kpu': np.array([1.0, 1.5, 1.9, 3.0]), 'kpu_trained': np.ones(1)}, seed=4)
+    assert handed.indices.tolist() == result.indices.tolist() and handed.n_candidate == 2
 
 
 def test_errors(features):

@@ -171,6 +171,12 @@ def test_one_round_of_every_other_strategy(alkit_python_code, strategy):
     select = next(n for n in node.called_descendants if getattr(n, 'process_label', '') == 'select_candidates')
     expected = {'alkpu': 'alkpu', 'hal': 'hal', 'dopt': 'maxvol', 'random': 'random'}[strategy]
     assert select.outputs.selection.base.attributes.get('method') == expected
+    if strategy == 'alkpu':  # the window's reference reaches the select step with the scores, from the potential
+        (train,) = [n for n in node.called_descendants if getattr(n, 'process_label', '') == 'TrainWorkChain']
+        reference = train.outputs.potential.base.attributes.get('kpu_trained')
+        # (the attribute is the train job's metric, rounded; the scores carry the potential file's float)
+        assert reference > 0 and select.inputs.scores.get_array('kpu_trained') == pytest.approx([reference])
+        assert 'kpu_trained' not in select.inputs.parameters.get_dict()
     if strategy == 'hal':  # seed 002: what is labelled is the configurations at which the HAL runs stopped
         pool = select.inputs.pool.arrays.info
         picked = select.outputs.selection.get_array('indices')
