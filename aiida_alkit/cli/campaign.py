@@ -2,7 +2,12 @@
 
 ``alkit campaign status PK`` prints the process state, the stop reason and one row per round. A finished campaign
 is read from its ``report`` output; a running one (or any with ``--source graph``) from the processes it called
-(:func:`aiida_alkit.workflows.provenance.campaign_rounds`).
+(:func:`aiida_alkit.workflows.provenance.campaign_rounds`). For an active campaign it also says whether the daemon
+runs, and lists the campaign's processes that no daemon worker picked up for ``--stuck-after`` seconds (the broker lost
+their tasks: :mod:`aiida_alkit.workflows.recovery`).
+
+``alkit campaign repair`` recreates lost tasks (daemon stop, ``verdi process repair``, daemon start); finished
+labels, models and datasets are kept.
 
 ``alkit campaign report PK`` prints the table of seed paper 000 (Table 2: round, temperature, MD steps, maximum,
 reliable / selected / discarded). The paper's columns map onto the report as follows:
@@ -29,6 +34,8 @@ from typing import Any
 
 import click
 import numpy as np
+
+from aiida_alkit.workflows.recovery import STUCK_AFTER_S, repair_lost_tasks, stuck_processes
 
 from . import main
 from .params import CAMPAIGN
@@ -430,12 +437,22 @@ def campaign_group() -> None:
     show_default=True,
     help='Read the rows from the report output or from the called processes (auto: report when finished).',
 )
-def status_command(node, source: str) -> None:
-    """State, stop reason and per-round numbers of campaign IDENTIFIER (pk, uuid or label), running or finished."""
+@click.option(
+    '--stuck-after',
+    type=click.FloatRange(min=0),
+    default=STUCK_AFTER_S,
+    show_default=True,
+    help='Seconds after which a work chain or job still waiting for a daemon worker (Created) is reported stuck.',
+)
+def status_command(node, source: str, stuck_after: float) -> None:
+    """State, stop reason and per-round numbers of campaign IDENTIFIER (pk, uuid or label), running or finished;
+    for an active campaign, whether the daemon runs and which of its processes no worker has picked up."""
     rows, used = campaign_rows(node, source)
     click.echo(f'ActiveLearningWorkChain<{node.pk}>  strategy {_strategy(node)}')
     click.echo(f'state        {_state(node)}')
     click.echo(f'stop reason  {_stop_reason(node)}')
+    if not node.is_terminated:
+        _echo_waiting(node, stuck_after)
     initial = _initial_labels(node)
     if initial is not None:
         click.echo(f'initial      {initial}')
@@ -445,6 +462,55 @@ def status_command(node, source: str) -> None:
         click.echo(status_table(rows))
     else:
         click.echo('no round started yet')
+
+
+def _echo_waiting(node, stuck_after: float) -> None:
+    """Daemon state and the stuck processes of an active campaign (nothing is flagged while the daemon is stopped:
+    then every submitted process waits, as it should)."""
+    from aiida.engine.daemon.client import get_daemon_client
+
+    if not get_daemon_client().is_daemon_running:
+        click.echo('daemon       not running: the campaign goes on after `verdi daemon start`')
+        return
+    stuck = stuck_processes(node, after_s=stuck_after)
+    if not stuck:
+        return
+    listed = ', '.join(f'{p.process_label}<{p.pk}> ({p.waited_s / 60:.0f} min)' for p in stuck)
+    click.echo(f'stuck        {len(stuck)} waiting for a daemon worker longer than {stuck_after:g} s: {listed}')
+    click.echo(
+        '             unless every worker slot is busy (`verdi daemon status`), the broker lost their tasks: '
+        f'`alkit campaign repair {node.pk}` recreates them (finished work is kept)'
+    )
+
+
+@campaign_group.command('repair')
+@click.argument('node', metavar='IDENTIFIER', type=CAMPAIGN)
+@click.option('--timeout', type=click.IntRange(min=1), default=120, show_default=True, help='Seconds for the daemon.')
+def repair_command(node, timeout: int) -> None:
+    """Recreate the lost broker tasks of campaign IDENTIFIER's processes (and of any other active process of the
+    profile): stop the daemon if it runs, run `verdi process repair`, start the daemon again with as many workers.
+
+    Finished labels, models and datasets are kept; a revived process continues from its last checkpoint.
+    """
+    if node.is_terminated:
+        click.echo(f'ActiveLearningWorkChain<{node.pk}> is {_state(node)}: nothing to repair')
+        return
+    mine = {node.pk, *(process.pk for process in node.called_descendants)}
+    try:
+        report = repair_lost_tasks(timeout_s=timeout)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if report.daemon_was_running:
+        click.echo(f'daemon stopped and started again ({report.workers} worker{"s" * (report.workers != 1)})')
+    else:
+        click.echo('the daemon was not running: start it with `verdi daemon start` for the campaign to go on')
+    if not report.revived:
+        click.echo('every active process had its task: nothing was lost')
+    else:
+        own = [pk for pk in report.revived if pk in mine]
+        click.echo(f'revived {len(report.revived)} process(es) without a task, {len(own)} of this campaign: {own}')
+    if report.still_missing:
+        raise click.ClickException(f'still without a task after the repair: {report.still_missing}\n{report.output}')
 
 
 @campaign_group.command('report')

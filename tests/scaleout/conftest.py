@@ -268,8 +268,15 @@ def submit_campaign(overrides: dict, label_code: str = PYTHON_CODE, dataset: int
     Train/explore jobs run with ``alkit-python``, labels with EMT on ``label_code``. Returns the pks of the
     campaign and of its initial dataset.
     """
-    from aiida import orm
     from aiida.engine import submit
+
+    builder, initial = campaign_builder(overrides, label_code, dataset, n_initial)
+    return {'campaign': submit(builder).pk, 'dataset': initial.pk}
+
+
+def campaign_builder(overrides: dict, label_code: str = PYTHON_CODE, dataset: int | None = None, n_initial: int = 6):
+    """*(in the profile)* The builder :func:`submit_campaign` submits, and its initial dataset node."""
+    from aiida import orm
 
     from aiida_alkit.data import DatasetData
     from aiida_alkit.workflows.active_learning import ActiveLearningWorkChain
@@ -286,7 +293,7 @@ def submit_campaign(overrides: dict, label_code: str = PYTHON_CODE, dataset: int
         overrides=overrides,
         label={'engine': 'ase', 'ase': {'code': orm.load_code(label_code), 'calculator': EMT}},
     )
-    return {'campaign': submit(builder).pk, 'dataset': initial.pk}
+    return builder, initial
 
 
 def submit_label_jobs(count: int, first_seed: int = 1000) -> list[int]:

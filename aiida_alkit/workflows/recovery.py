@@ -1,0 +1,136 @@
+"""Processes that no daemon worker will run, and their recovery.
+
+A submitted process runs when a daemon worker takes its task from the broker. When the broker loses the task, the
+process node stays ``Created`` for ever and a campaign waiting on it never ends, without an error. This is a known
+aiida-core failure (lost process tasks: aiida-core issues #4289, #1712 and #5715); on this project's default profile
+(SQLite + the built-in ZeroMQ broker) it happened to a label work chain submitted right after ``verdi daemon start``.
+AiiDA's recovery is ``verdi process repair`` with the daemon stopped: it compares the active processes with the
+broker's tasks and creates a task for every active process that has none (with ZeroMQ it writes them into the
+broker's on-disk queue, read when the daemon starts).
+
+:func:`stuck_processes` finds the processes of a campaign that waited too long for a worker (``alkit campaign
+status`` lists them); :func:`repair_lost_tasks` is ``alkit campaign repair``: daemon stop, ``verdi process repair``,
+daemon start with the workers it had. Nothing finished is touched: finished labels, models and datasets stay as they
+are, and a revived process continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from aiida import orm
+
+__all__ = ['STUCK_AFTER_S', 'RepairReport', 'StuckProcess', 'repair_lost_tasks', 'stuck_processes']
+
+#: Seconds a work chain or calculation job may stay ``Created`` with the daemon running before it counts as stuck:
+#: workers take a task within seconds unless all their slots are busy (``daemon.worker_process_slots``).
+STUCK_AFTER_S = 600.0
+
+
+@dataclass(frozen=True)
+class StuckProcess:
+    """A process node that no worker has picked up: its pk, process label and seconds since it was created."""
+
+    pk: int
+    process_label: str
+    waited_s: float
+
+
+@dataclass
+class RepairReport:
+    """What :func:`repair_lost_tasks` did: the processes without a task it revived, the verdi output, whether the
+    daemon was running (and was started again with ``workers`` workers), and the pks still without a task after."""
+
+    revived: list[int]
+    daemon_was_running: bool
+    workers: int
+    output: str
+    still_missing: list[int] = field(default_factory=list)
+
+
+def stuck_processes(
+    node: orm.ProcessNode, after_s: float = STUCK_AFTER_S, now: datetime | None = None
+) -> list[StuckProcess]:
+    """The campaign ``node`` and its descendants that a daemon worker runs (work chains and calculation jobs) but
+    that are still ``Created`` more than ``after_s`` seconds after their node was created, oldest first.
+
+    Calculation functions are left out: they run inside their caller's step, and a daemon stop leaves an interrupted
+    one ``Created`` for good (the step runs it again on restart), with no task to wait for.
+    """
+    now = now or datetime.now(timezone.utc)
+    stuck = []
+    for process in [node, *node.called_descendants]:
+        if isinstance(process, orm.CalcFunctionNode | orm.WorkFunctionNode):
+            continue
+        if process.process_state is None or process.process_state.value != 'created':
+            continue
+        waited = (now - process.ctime).total_seconds()
+        if waited > after_s:
+            stuck.append(StuckProcess(process.pk, process.process_label or type(process).__name__, waited))
+    return sorted(stuck, key=lambda item: -item.waited_s)
+
+
+def _verdi() -> str:
+    """The ``verdi`` of this Python environment (next to its interpreter), else the one on PATH."""
+    beside = Path(sys.executable).with_name('verdi')
+    return str(beside) if beside.is_file() else (shutil.which('verdi') or 'verdi')
+
+
+def _processes_without_task() -> list[int]:
+    """Active processes that have no task in the broker (needs the daemon stopped for the ZeroMQ broker)."""
+    from aiida.engine.processes.control import get_active_processes, get_process_tasks
+    from aiida.manage import get_manager
+
+    broker = get_manager().get_broker()
+    if broker is None:
+        raise RuntimeError('this profile has no broker: processes run without the daemon and cannot lose a task')
+    return sorted(set(get_active_processes(project='id')) - set(get_process_tasks(broker)))
+
+
+def repair_lost_tasks(timeout_s: int = 120) -> RepairReport:
+    """Recreate the broker tasks of every active process of the profile that has none (AiiDA's ``verdi process
+    repair``), stopping the daemon first when it runs and starting it again after with as many workers.
+
+    :param timeout_s: seconds to wait for the daemon to stop and to start.
+    :raises RuntimeError: the daemon did not stop or start, or ``verdi process repair`` failed (its output).
+    """
+    from aiida.engine.daemon.client import get_daemon_client
+    from aiida.manage import get_manager
+
+    client = get_daemon_client()
+    running = client.is_daemon_running
+    workers = 1
+    if running:
+        workers = int(client.get_numprocesses(timeout=timeout_s).get('numprocesses', 1) or 1)
+        client.stop_daemon(wait=True, timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while client.is_daemon_running:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f'the daemon did not stop within {timeout_s} s; stop it with `verdi daemon stop`')
+            time.sleep(0.5)
+    revived = _processes_without_task()
+    profile = get_manager().get_profile().name
+    done = subprocess.run(
+        [_verdi(), '-p', profile, 'process', 'repair', '--force'],
+        capture_output=True,
+        text=True,
+        timeout=10 * timeout_s,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise RuntimeError(f'verdi process repair failed (exit status {done.returncode}):\n{output}')
+    get_manager().reset_broker()  # read the broker's tasks afresh
+    still_missing = _processes_without_task()
+    if running:
+        if shutil.which('verdi') is None:  # AiiDA starts the daemon with the `verdi` it finds on PATH
+            os.environ['PATH'] = f'{Path(_verdi()).parent}{os.pathsep}{os.environ.get("PATH", "")}'
+        client.start_daemon(number_workers=workers, timeout=timeout_s)
+    return RepairReport(revived, running, workers, output, still_missing)
