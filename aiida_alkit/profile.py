@@ -31,6 +31,8 @@ __all__ = [
 PROFILE_DEFAULT = 'alkit'
 PROFILE_SCALE_OUT = 'alkit-scale-out'
 COMPUTER = 'localhost'
+#: The computer of ``alkit setup --slurm``: this machine through its SLURM (``scripts/slurm.sh`` starts a local one).
+SLURM_COMPUTER = 'localhost-slurm'
 PYTHON_CODE = 'alkit-python'
 PW_CODE = 'pw'
 PSEUDO_FAMILY = 'alkit/qe-local'
@@ -71,6 +73,7 @@ def setup_environment(
     postgres: bool = False,
     rabbitmq: bool = False,
     pseudo_dir: str | os.PathLike | None = None,
+    slurm: bool = False,
     echo: Callable[[str], None] = _quiet,
 ) -> SetupReport:
     """Create whatever is missing of profile, computer, codes and pseudo family; load the profile.
@@ -79,7 +82,9 @@ def setup_environment(
     :param postgres: storage in the local PostgreSQL server (``core.psql_dos``) instead of SQLite.
     :param rabbitmq: RabbitMQ broker on 127.0.0.1:5672 instead of the built-in ZeroMQ one.
     :param pseudo_dir: folder with UPF files; default from :func:`find_pseudo_dir`.
+    :param slurm: also the ``localhost-slurm`` computer and its codes (:func:`ensure_slurm_resources`).
     :raises ConnectionError: when PostgreSQL or RabbitMQ was asked for but cannot be reached.
+    :raises RuntimeError: with ``slurm``, when SLURM's ``sbatch`` is not on PATH.
     """
     from aiida.manage.configuration import load_profile
 
@@ -87,6 +92,49 @@ def setup_environment(
     _ensure_profile(profile_name, postgres, rabbitmq, report, echo)
     load_profile(profile_name, allow_switch=True)
     ensure_resources(report, pseudo_dir=pseudo_dir, echo=echo)
+    if slurm:
+        ensure_slurm_resources(report)
+    return report
+
+
+def ensure_slurm_resources(report: SetupReport | None = None) -> SetupReport:
+    """In the loaded profile: the ``localhost-slurm`` computer (transport ``core.local``, scheduler ``core.slurm``,
+    the same work directory as ``localhost``, one MPI process per machine unless a job's ``resources`` say more)
+    and the ``alkit-python`` and ``pw`` codes on it.
+
+    :raises RuntimeError: when ``sbatch`` is not on PATH (``scripts/slurm.sh start`` installs and starts SLURM).
+    """
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    if report is None:
+        from aiida.manage import get_manager
+
+        report = SetupReport(profile=get_manager().get_profile().name)
+    if shutil.which('sbatch') is None:
+        raise RuntimeError('SLURM asked for, but sbatch is not on PATH: run scripts/slurm.sh start (as root)')
+    local = _ensure_computer(report)
+    try:
+        computer = orm.load_computer(SLURM_COMPUTER)
+        report.add(f'computer {SLURM_COMPUTER}', 'exists')
+    except NotExistent:
+        computer = orm.Computer(
+            label=SLURM_COMPUTER,
+            hostname='localhost',
+            description='This machine through its SLURM (created by `alkit setup --slurm`)',
+            transport_type='core.local',
+            scheduler_type='core.slurm',
+            workdir=local.get_workdir(),
+        ).store()
+        report.add(f'computer {SLURM_COMPUTER}', 'created', f'scheduler core.slurm, work dir {computer.get_workdir()}')
+    if not computer.is_configured:
+        computer.configure(safe_interval=0, use_login_shell=False)
+    computer.set_minimum_job_poll_interval(2)
+    computer.set_default_mpiprocs_per_machine(1)  # one job process; more cores via num_cores_per_mpiproc
+    _ensure_code(PYTHON_CODE, computer, sys.executable, None, report)
+    pw_path = shutil.which('pw.x')
+    if pw_path:
+        _ensure_code(PW_CODE, computer, pw_path, 'quantumespresso.pw', report)
     return report
 
 

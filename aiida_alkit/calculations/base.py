@@ -27,7 +27,11 @@ class AlkitJobCalculation(CalcJob):
         options['withmpi'].default = False
         options['parser_name'].default = f'alkit.{cls.JOB}'
         options['output_filename'].default = 'job.out'
-        spec.exit_code(300, 'ERROR_NO_RESULTS_FILE', message='The job wrote no results file: it crashed or was killed.')
+        spec.exit_code(
+            300,
+            'ERROR_NO_RESULTS_FILE',
+            message='The job wrote no results file: it crashed or was killed ({detail}).',
+        )
         spec.exit_code(301, 'ERROR_INVALID_RESULTS_FILE', message='The results file could not be read: {error}')
         spec.exit_code(400, 'ERROR_JOB_FAILED', message=f'The {cls.JOB} job failed: {{error}}')
 

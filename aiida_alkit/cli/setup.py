@@ -19,17 +19,25 @@ from . import main
     default=None,
     help='Folder of UPF files for the pseudopotential family (default: found on the machine).',
 )
-def setup_command(profile_name: str | None, postgres: bool, rabbitmq: bool, pseudo_dir: str | None) -> None:
+@click.option(
+    '--slurm',
+    is_flag=True,
+    help='Also the computer localhost-slurm (this machine through its SLURM scheduler) with the codes on it.',
+)
+def setup_command(
+    profile_name: str | None, postgres: bool, rabbitmq: bool, pseudo_dir: str | None, slurm: bool
+) -> None:
     """Create (or check) the profile, the localhost computer, the codes and the pseudopotential family.
 
     Running it again changes nothing. Without options the profile uses SQLite and the built-in ZeroMQ broker, so no
-    services are needed; ``--postgres --rabbitmq`` makes the scale-out profile against the local servers.
+    services are needed; ``--postgres --rabbitmq`` makes the scale-out profile against the local servers;
+    ``--slurm`` adds the computer ``localhost-slurm`` whose jobs go through SLURM (``scripts/slurm.sh start``).
     """
     if profile_name is None:
         profile_name = PROFILE_SCALE_OUT if (postgres or rabbitmq) else PROFILE_DEFAULT
     try:
         report: SetupReport = setup_environment(
-            profile_name, postgres=postgres, rabbitmq=rabbitmq, pseudo_dir=pseudo_dir, echo=click.echo
+            profile_name, postgres=postgres, rabbitmq=rabbitmq, pseudo_dir=pseudo_dir, slurm=slurm, echo=click.echo
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
