@@ -3,9 +3,10 @@
 # run pytest (extra arguments go to pytest).
 #
 # Without test selection (no paths, -m or -k), the tests that run their own AiiDA daemon (marker `daemon`: the
-# scale-out suites, daemon faults, submit to the daemon) run in a second pytest process alongside the others: the
-# in-process tests keep one core busy while the daemon tests mostly wait on their workers, so the suite takes about
-# half as long on 2 cores. Their output follows the main run's.
+# scale-out suites, daemon faults, submit to the daemon) and those whose jobs go through SLURM (marker `slurm`; the
+# fixture starts the local SLURM of scripts/slurm.sh) run in two more pytest processes alongside the others: the
+# in-process tests keep one core busy while the daemon and SLURM tests mostly wait on their workers and the
+# scheduler, so the suite takes about half as long on 2 cores. Their output follows the main run's.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
@@ -27,11 +28,18 @@ scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 python -m pytest "$@" -m daemon --durations=10 --basetemp "$scratch/basetemp" >"$scratch/daemon.log" 2>&1 &
 daemon_pid=$!
+python -m pytest "$@" -m slurm --durations=5 --basetemp "$scratch/basetemp-slurm" >"$scratch/slurm.log" 2>&1 &
+slurm_pid=$!
 main_status=0
-python -m pytest "$@" -m "not daemon" --durations=15 || main_status=$?
+python -m pytest "$@" -m "not daemon and not slurm" --durations=15 || main_status=$?
 daemon_status=0
 wait "$daemon_pid" || daemon_status=$?
+slurm_status=0
+wait "$slurm_pid" || slurm_status=$?
 echo "--- tests with their own AiiDA daemon (pytest -m daemon), run alongside the above ---"
 cat "$scratch/daemon.log"
+echo "--- tests whose jobs go through SLURM (pytest -m slurm), run alongside the above ---"
+cat "$scratch/slurm.log"
 if [ "$main_status" != 0 ]; then exit "$main_status"; fi
-exit "$daemon_status"
+if [ "$daemon_status" != 0 ]; then exit "$daemon_status"; fi
+exit "$slurm_status"
