@@ -22,8 +22,10 @@ __all__ = [
     'PSEUDO_FAMILY',
     'PW_CODE',
     'PYTHON_CODE',
+    'SLURM_COMPUTER',
     'SetupReport',
     'ensure_resources',
+    'ensure_slurm_resources',
     'find_pseudo_dir',
     'setup_environment',
 ]
