@@ -35,7 +35,7 @@ from typing import Any
 import click
 import numpy as np
 
-from aiida_alkit.workflows.recovery import STUCK_AFTER_S, repair_lost_tasks, stuck_processes
+from aiida_alkit.workflows.recovery import STUCK_AFTER_S, pending_jobs, repair_lost_tasks, stuck_processes
 
 from . import main
 from .params import CAMPAIGN
@@ -442,7 +442,8 @@ def campaign_group() -> None:
     type=click.FloatRange(min=0),
     default=STUCK_AFTER_S,
     show_default=True,
-    help='Seconds after which a work chain or job still waiting for a daemon worker (Created) is reported stuck.',
+    help='Seconds after which a work chain or job still waiting for a daemon worker (Created) is reported stuck, '
+    'and a job still queued by its scheduler is reported pending.',
 )
 def status_command(node, source: str, stuck_after: float) -> None:
     """State, stop reason and per-round numbers of campaign IDENTIFIER (pk, uuid or label), running or finished;
@@ -472,6 +473,14 @@ def _echo_waiting(node, stuck_after: float) -> None:
     if not get_daemon_client().is_daemon_running:
         click.echo('daemon       not running: the campaign goes on after `verdi daemon start`')
         return
+    pending = pending_jobs(node, after_s=stuck_after)
+    if pending:
+        listed = ', '.join(
+            f'{job.process_label}<{job.pk}> ({job.state}{f" ({job.reason})" if job.reason else ""}, '
+            f'{job.waited_s / 60:.0f} min)'
+            for job in pending
+        )
+        click.echo(f'pending      {len(pending)} queued by the scheduler longer than {stuck_after:g} s: {listed}')
     stuck = stuck_processes(node, after_s=stuck_after)
     if not stuck:
         return

@@ -26,8 +26,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from aiida import orm
+from aiida.schedulers.datastructures import JobState
 
-__all__ = ['STUCK_AFTER_S', 'RepairReport', 'StuckProcess', 'repair_lost_tasks', 'stuck_processes']
+__all__ = [
+    'STUCK_AFTER_S',
+    'PendingJob',
+    'RepairReport',
+    'StuckProcess',
+    'pending_jobs',
+    'repair_lost_tasks',
+    'stuck_processes',
+]
 
 #: Seconds a work chain or calculation job may stay ``Created`` with the daemon running before it counts as stuck:
 #: workers take a task within seconds unless all their slots are busy (``daemon.worker_process_slots``).
@@ -41,6 +50,19 @@ class StuckProcess:
     pk: int
     process_label: str
     waited_s: float
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    """A calculation job its scheduler still holds in the queue: pk, process label, seconds since its node was
+    created, the scheduler's state (``queued`` or ``queued held``) and its reason (SLURM's ``%r``, e.g. ``Resources``,
+    ``Priority``, ``BeginTime``; None when the scheduler gives none)."""
+
+    pk: int
+    process_label: str
+    waited_s: float
+    state: str
+    reason: str | None
 
 
 @dataclass
@@ -75,6 +97,28 @@ def stuck_processes(
         if waited > after_s:
             stuck.append(StuckProcess(process.pk, process.process_label or type(process).__name__, waited))
     return sorted(stuck, key=lambda item: -item.waited_s)
+
+
+def pending_jobs(
+    node: orm.ProcessNode, after_s: float = STUCK_AFTER_S, now: datetime | None = None
+) -> list[PendingJob]:
+    """The calculation jobs of ``node`` (a campaign, any process, or a job itself) that their scheduler still
+    queues (``queued`` or ``queued held``, as AiiDA last saw them) more than ``after_s`` seconds after their node
+    was created, oldest first, with the scheduler's reason."""
+    now = now or datetime.now(timezone.utc)
+    pending = []
+    for process in [node, *node.called_descendants]:
+        if not isinstance(process, orm.CalcJobNode) or process.is_terminated:
+            continue
+        state = process.get_scheduler_state()
+        if state not in (JobState.QUEUED, JobState.QUEUED_HELD):
+            continue
+        waited = (now - process.ctime).total_seconds()
+        if waited > after_s:
+            info = process.get_last_job_info()
+            reason = getattr(info, 'annotation', None) if info is not None else None
+            pending.append(PendingJob(process.pk, process.process_label, waited, state.value, reason or None))
+    return sorted(pending, key=lambda item: -item.waited_s)
 
 
 def _verdi() -> str:

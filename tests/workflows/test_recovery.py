@@ -9,8 +9,9 @@ from datetime import timedelta
 from aiida import orm
 from aiida.common.links import LinkType
 from aiida.engine import ProcessState
+from aiida.schedulers.datastructures import JobInfo, JobState
 
-from aiida_alkit.workflows.recovery import StuckProcess, stuck_processes
+from aiida_alkit.workflows.recovery import PendingJob, StuckProcess, pending_jobs, stuck_processes
 
 
 def _process(cls, label: str, state: ProcessState, caller=None):
@@ -42,3 +43,31 @@ def test_created_work_chains_and_jobs_past_the_threshold_are_stuck_calcfunctions
     # the campaign itself, when it is the one no worker took
     fresh = _process(orm.WorkChainNode, 'ActiveLearningWorkChain', ProcessState.CREATED)
     assert [item.pk for item in stuck_processes(fresh, after_s=0)] == [fresh.pk]
+
+
+def test_jobs_the_scheduler_still_queues_past_the_threshold_are_pending(aiida_profile_clean):
+    campaign = _process(orm.WorkChainNode, 'ActiveLearningWorkChain', ProcessState.WAITING)
+    states = {'AseLabelCalculation': JobState.QUEUED, 'TrainCalculation': JobState.RUNNING}
+    jobs = {}
+    for label, state in states.items():
+        job = orm.CalcJobNode()
+        job.set_process_label(label)
+        job.set_process_state(ProcessState.WAITING)
+        job.base.links.add_incoming(campaign, LinkType.CALL_CALC, f'call_{label}')
+        job.store()
+        job.set_scheduler_state(state)
+        info = JobInfo()
+        info.job_id, info.job_state, info.annotation = '7', state, 'Resources'
+        job.set_last_job_info(info)
+        jobs[label] = job
+    queued = jobs['AseLabelCalculation']
+    later = queued.ctime + timedelta(seconds=300)
+    (pending,) = pending_jobs(campaign, after_s=60, now=later)
+    assert isinstance(pending, PendingJob)
+    assert (pending.pk, pending.process_label, pending.state, pending.reason) == (
+        queued.pk,
+        'AseLabelCalculation',
+        'queued',
+        'Resources',
+    )
+    assert pending_jobs(campaign, after_s=600, now=later) == []

@@ -7,6 +7,7 @@ cancels them here: no scheduler behaviour is imitated.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import pathlib
@@ -23,6 +24,7 @@ from aiida_alkit.data import DatasetData
 from aiida_alkit.jobs import train as train_job
 from aiida_alkit.profile import PYTHON_CODE, SLURM_COMPUTER, ensure_slurm_resources
 from aiida_alkit.workflows.active_learning import ActiveLearningWorkChain
+from aiida_alkit.workflows.recovery import pending_jobs
 
 from ..calculations.test_train import TINY, training_set  # noqa: F401  (fixture)
 from .test_active_learning import TINY_OVERRIDES, _copper
@@ -164,3 +166,36 @@ def test_a_campaign_whose_jobs_are_slurm_jobs_and_a_cancelled_label_job(slurm_co
     failures = [n for n in node.called_descendants if getattr(n, 'process_label', '') == 'LabelWorkChain']
     reasons = [reason for n in failures for reason in n.outputs.failures.get_dict().values()]
     assert reasons and all('CANCELLED' in reason for reason in reasons), reasons
+
+
+def test_a_job_pending_past_the_limit_is_reported(slurm_code):
+    """A label job SLURM holds in its queue (``--begin`` an hour ahead: reason ``BeginTime``) is reported pending
+    once past the threshold, with SLURM's reason; released with ``scontrol``, it runs and finishes."""
+    from aiida.engine.utils import instantiate_process
+    from aiida.manage import get_manager
+
+    builder = AseLabelCalculation.get_builder()
+    builder.code = slurm_code
+    builder.configurations = DatasetData.from_atoms([bulk('Cu', 'fcc', a=3.61, cubic=True)]).store()
+    builder.calculator = orm.Str('ase.calculators.emt.EMT')
+    builder.metadata.options.max_wallclock_seconds = 300
+    builder.metadata.options.custom_scheduler_commands = '#SBATCH --begin=now+3600'
+    runner = get_manager().get_runner()
+    process = instantiate_process(runner, builder)
+    task = runner.loop.create_task(process.step_until_terminated())  # the job runs on the runner's loop meanwhile
+    node = process.node
+    deadline = time.monotonic() + 120
+    while node.get_last_job_info() is None or node.get_scheduler_state() is None:
+        assert time.monotonic() < deadline, 'AiiDA never saw the job in the queue'
+        runner.loop.run_until_complete(asyncio.sleep(0.5))
+
+    try:
+        (pending,) = pending_jobs(node, after_s=0)
+        # AiiDA's SLURM plugin calls a job waiting for its begin time held
+        assert (pending.pk, pending.state, pending.reason) == (node.pk, 'queued held', 'BeginTime')
+        assert pending_jobs(node, after_s=3600) == []  # not past this threshold
+    finally:
+        subprocess.run(['scontrol', 'update', f'jobid={node.get_job_id()}', 'StartTime=now'], check=True)
+    runner.loop.run_until_complete(task)
+    assert node.is_finished_ok, node.exit_message
+    assert pending_jobs(node, after_s=0) == []
