@@ -71,7 +71,12 @@ def save_potential_file(
     hyperparameters: Mapping[str, Any],
     extras: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write a potential file (see the module docstring). Hyper-parameters must be JSON-serialisable."""
+    """Write a potential file (see the module docstring). Hyper-parameters must be JSON-serialisable.
+
+    The file is written next to its destination under a temporary name and then renamed over it, so that a process
+    killed while writing (a scheduler's time limit hitting a train job in the middle of its checkpoint) leaves the
+    previous file whole instead of a truncated one.
+    """
     import torch
 
     hyperparameters = _check_hyperparameters(hyperparameters, str(path))
@@ -84,7 +89,19 @@ def save_potential_file(
             name: value.detach().cpu() if hasattr(value, 'detach') else value for name, value in (extras or {}).items()
         },
     }
-    torch.save(payload, os.fspath(path))
+    destination = os.fspath(path)
+    temporary = os.path.join(
+        os.path.dirname(destination) or '.', f'.{os.path.basename(destination)}.{os.getpid()}.part'
+    )
+    try:
+        with open(temporary, 'wb') as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, destination)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def load_potential_file(source: str | os.PathLike | Any, name: str | None = None) -> PotentialFile:

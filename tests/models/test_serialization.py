@@ -82,3 +82,44 @@ def test_bad_hyperparameters(tmp_path):
         save_potential_file(tmp_path / 'x.pt', {}, {'model_kind': 'gmnn'})
     with pytest.raises(PotentialFileError, match='cutoff'):
         save_potential_file(tmp_path / 'x.pt', {}, {**HYPER, 'cutoff': -1})
+
+
+WRITER = """
+import sys
+
+import torch
+
+from aiida_alkit.models.serialization import save_potential_file
+
+path, hyper = sys.argv[1], {'model_kind': 'gmnn', 'species': ['Cu'], 'cutoff': 5.0, 'widths': [32, 32]}
+state = {'w': torch.zeros(4_000_000)}  # 16 MB: most of the writer's time is spent writing
+save_potential_file(path, state, hyper, extras={'version': 0})
+print('written', flush=True)
+version = 1
+while True:
+    save_potential_file(path, state, hyper, extras={'version': version})
+    version += 1
+"""
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize('delay_s', [0.05, 0.3, 0.7])
+def test_a_writer_killed_while_writing_leaves_a_whole_file(tmp_path, delay_s):
+    """A process killed (SIGKILL, as a scheduler's time limit ends a job) while it rewrites a potential file, as the
+    train job rewrites its checkpoint every epoch: the file on disk is the last one written whole. Found with a real
+    SLURM, whose time limit truncated a checkpoint that the next job could then not read."""
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / 'checkpoint.pt'
+    writer = subprocess.Popen([sys.executable, '-c', WRITER, str(path)], stdout=subprocess.PIPE)
+    try:
+        assert writer.stdout.readline().strip() == b'written'
+        time.sleep(delay_s)
+    finally:
+        writer.kill()
+        writer.wait()
+    content = load_potential_file(path)
+    assert content.state_dict['w'].shape == (4_000_000,)
+    assert content.extras['version'] >= 0
