@@ -6,7 +6,7 @@ is read from its ``report`` output; a running one (or any with ``--source graph`
 runs, and lists the campaign's processes that no daemon worker picked up for ``--stuck-after`` seconds (the broker lost
 their tasks: :mod:`aiida_alkit.workflows.recovery`).
 
-``alkit campaign repair`` recreates lost tasks (daemon stop, ``verdi process repair``, daemon start); finished
+``alkit campaign repair`` recreates lost tasks (daemon stop, tasks recreated as ``verdi process repair`` does, daemon start); finished
 labels, models and datasets are kept.
 
 ``alkit campaign report PK`` prints the table of seed paper 000 (Table 2: round, temperature, MD steps, maximum,
@@ -497,7 +497,8 @@ def _echo_waiting(node, stuck_after: float) -> None:
 @click.option('--timeout', type=click.IntRange(min=1), default=120, show_default=True, help='Seconds for the daemon.')
 def repair_command(node, timeout: int) -> None:
     """Recreate the lost broker tasks of campaign IDENTIFIER's processes (and of any other active process of the
-    profile): stop the daemon if it runs, run `verdi process repair`, start the daemon again with as many workers.
+    profile) as `verdi process repair` does: stop the daemon if it runs, recreate the tasks, start the daemon again
+    with as many workers. Interrupted calcfunctions are left alone: their work chains run them again.
 
     Finished labels, models and datasets are kept; a revived process continues from its last checkpoint.
     """
@@ -519,7 +520,7 @@ def repair_command(node, timeout: int) -> None:
         own = [pk for pk in report.revived if pk in mine]
         click.echo(f'revived {len(report.revived)} process(es) without a task, {len(own)} of this campaign: {own}')
     if report.still_missing:
-        raise click.ClickException(f'still without a task after the repair: {report.still_missing}\n{report.output}')
+        raise click.ClickException(f'still without a task after the repair: {report.still_missing}')
 
 
 @campaign_group.command('report')

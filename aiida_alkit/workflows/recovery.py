@@ -6,7 +6,8 @@ aiida-core failure (lost process tasks: aiida-core issues #4289, #1712 and #5715
 (SQLite + the built-in ZeroMQ broker) it happened to a label work chain submitted right after ``verdi daemon start``.
 AiiDA's recovery is ``verdi process repair`` with the daemon stopped: it compares the active processes with the
 broker's tasks and creates a task for every active process that has none (with ZeroMQ it writes them into the
-broker's on-disk queue, read when the daemon starts).
+broker's on-disk queue, read when the daemon starts). :func:`repair_lost_tasks` does the same, except for
+interrupted calculation functions (see there).
 
 :func:`stuck_processes` finds the processes of a campaign that waited too long for a worker (``alkit campaign
 status`` lists them); :func:`repair_lost_tasks` is ``alkit campaign repair``: daemon stop, ``verdi process repair``,
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -67,13 +67,14 @@ class PendingJob:
 
 @dataclass
 class RepairReport:
-    """What :func:`repair_lost_tasks` did: the processes without a task it revived, the verdi output, whether the
-    daemon was running (and was started again with ``workers`` workers), and the pks still without a task after."""
+    """What :func:`repair_lost_tasks` did: the processes without a task it revived, whether the daemon was running
+    (and was started again with ``workers`` workers), the interrupted calculation functions it left alone, and the
+    work chains / jobs still without a task after."""
 
     revived: list[int]
     daemon_was_running: bool
     workers: int
-    output: str
+    interrupted_functions: list[int] = field(default_factory=list)
     still_missing: list[int] = field(default_factory=list)
 
 
@@ -121,33 +122,61 @@ def pending_jobs(
     return sorted(pending, key=lambda item: -item.waited_s)
 
 
-def _verdi() -> str:
-    """The ``verdi`` of this Python environment (next to its interpreter), else the one on PATH."""
-    beside = Path(sys.executable).with_name('verdi')
-    return str(beside) if beside.is_file() else (shutil.which('verdi') or 'verdi')
+def _is_function(pk: int) -> bool:
+    return isinstance(orm.load_node(pk), orm.CalcFunctionNode | orm.WorkFunctionNode)
 
 
-def _processes_without_task() -> list[int]:
-    """Active processes that have no task in the broker (needs the daemon stopped for the ZeroMQ broker)."""
+def _processes_without_task(broker) -> tuple[list[int], list[int]]:
+    """Active processes without a task in the broker (the daemon stopped, for the ZeroMQ broker): those a worker can
+    continue (work chains, calculation jobs), and interrupted calculation functions, which no worker can continue
+    (their work chain's step runs them again)."""
     from aiida.engine.processes.control import get_active_processes, get_process_tasks
+
+    missing = sorted(set(get_active_processes(project='id')) - set(get_process_tasks(broker)))
+    functions = [pk for pk in missing if _is_function(pk)]
+    return [pk for pk in missing if pk not in functions], functions
+
+
+def _send_continue_tasks(broker, pks: list[int]) -> None:
+    """A continue task for every process of ``pks``, as ``verdi process repair`` sends them: written into the ZeroMQ
+    broker's on-disk queue (the broker runs inside the stopped daemon and reads it when it starts), or sent to
+    RabbitMQ through the process controller."""
+    from aiida.brokers.zeromq.broker import ZeromqBroker
+    from aiida.manage import get_manager
+
+    if isinstance(broker, ZeromqBroker):
+        import uuid
+
+        from aiida.brokers.zeromq.queue import PersistentQueue
+        from plumpy.process_comms import create_continue_body
+
+        queue = PersistentQueue(broker._storage_path / 'tasks')  # the folder `verdi process repair` writes to
+        for pk in pks:
+            queue.push(uuid.uuid4().hex, {'body': create_continue_body(pid=pk, nowait=True), 'no_reply': True})
+    else:
+        controller = get_manager().get_process_controller()
+        for pk in pks:
+            controller.continue_process(pk, nowait=True, no_reply=True)
+
+
+def repair_lost_tasks(timeout_s: int = 120) -> RepairReport:
+    """Recreate the broker task of every active work chain and calculation job of the profile that has none, as
+    AiiDA's ``verdi process repair`` does, stopping the daemon first when it runs and starting it again after with as
+    many workers.
+
+    Departure from ``verdi process repair``: interrupted calculation functions are not revived. A daemon stop
+    interrupts the calcfunctions running in its workers, whose nodes then stay active without a task; their work
+    chains run them again when they continue, so a revived one only ends as an excepted node next to the real one.
+
+    :param timeout_s: seconds to wait for the daemon to stop and to start.
+    :raises RuntimeError: the daemon did not stop, or the profile has no broker.
+    """
+    from aiida.engine.daemon.client import get_daemon_client
     from aiida.manage import get_manager
 
     broker = get_manager().get_broker()
     if broker is None:
         raise RuntimeError('this profile has no broker: processes run without the daemon and cannot lose a task')
-    return sorted(set(get_active_processes(project='id')) - set(get_process_tasks(broker)))
-
-
-def repair_lost_tasks(timeout_s: int = 120) -> RepairReport:
-    """Recreate the broker tasks of every active process of the profile that has none (AiiDA's ``verdi process
-    repair``), stopping the daemon first when it runs and starting it again after with as many workers.
-
-    :param timeout_s: seconds to wait for the daemon to stop and to start.
-    :raises RuntimeError: the daemon did not stop or start, or ``verdi process repair`` failed (its output).
-    """
-    from aiida.engine.daemon.client import get_daemon_client
-    from aiida.manage import get_manager
-
     client = get_daemon_client()
     running = client.is_daemon_running
     workers = 1
@@ -159,22 +188,13 @@ def repair_lost_tasks(timeout_s: int = 120) -> RepairReport:
             if time.monotonic() > deadline:
                 raise RuntimeError(f'the daemon did not stop within {timeout_s} s; stop it with `verdi daemon stop`')
             time.sleep(0.5)
-    revived = _processes_without_task()
-    profile = get_manager().get_profile().name
-    done = subprocess.run(
-        [_verdi(), '-p', profile, 'process', 'repair', '--force'],
-        capture_output=True,
-        text=True,
-        timeout=10 * timeout_s,
-        check=False,
-    )
-    output = done.stdout + done.stderr
-    if done.returncode != 0:
-        raise RuntimeError(f'verdi process repair failed (exit status {done.returncode}):\n{output}')
+    revived, functions = _processes_without_task(broker)
+    _send_continue_tasks(broker, revived)
     get_manager().reset_broker()  # read the broker's tasks afresh
-    still_missing = _processes_without_task()
+    still_missing, _ = _processes_without_task(get_manager().get_broker())
     if running:
         if shutil.which('verdi') is None:  # AiiDA starts the daemon with the `verdi` it finds on PATH
-            os.environ['PATH'] = f'{Path(_verdi()).parent}{os.pathsep}{os.environ.get("PATH", "")}'
+            bin_dir = Path(sys.executable).parent
+            os.environ['PATH'] = f'{bin_dir}{os.pathsep}{os.environ.get("PATH", "")}'
         client.start_daemon(number_workers=workers, timeout=timeout_s)
-    return RepairReport(revived, running, workers, output, still_missing)
+    return RepairReport(revived, running, workers, functions, still_missing)

@@ -127,7 +127,7 @@ def wait_repairing(pks: list[int], timeout: float) -> dict[str, Any]:
         stuck = [p.pk for pk in pks for p in stuck_processes(orm.load_node(pk), after_s=STUCK_AFTER_S)]
         if stuck:
             report = repair_lost_tasks()
-            assert not report.still_missing, report.output
+            assert not report.still_missing, report
             repairs.append({'stuck': stuck, 'revived': report.revived})
 
 
@@ -293,7 +293,7 @@ def test_daemon_stopped_mid_round_and_started_again(tmp_path):
 
     On the embedded profile (SQLite + ZeroMQ), where in two of three earlier CI runs the label work chain the
     campaign submitted right after the restart stayed 'Created' (its task lost by the broker): a process stuck so is
-    recovered as ``alkit campaign repair`` does (daemon stop, ``verdi process repair``, daemon start), and the
+    recovered as ``alkit campaign repair`` does (daemon stop, the lost tasks recreated, daemon start), and the
     campaign must still end as the uninterrupted one; the repairs made are printed."""
     started = time.monotonic()
     overrides = campaign_overrides(seed=5, max_rounds=ROUNDS)
