@@ -106,37 +106,20 @@ def ensure_slurm_resources(report: SetupReport | None = None) -> SetupReport:
 
     :raises RuntimeError: when ``sbatch`` is not on PATH (``scripts/slurm.sh start`` installs and starts SLURM).
     """
-    from aiida import orm
-    from aiida.common.exceptions import NotExistent
-
     if report is None:
         from aiida.manage import get_manager
 
         report = SetupReport(profile=get_manager().get_profile().name)
     if shutil.which('sbatch') is None:
         raise RuntimeError('SLURM asked for, but sbatch is not on PATH: run scripts/slurm.sh start (as root)')
-    local = _ensure_computer(report)
-    try:
-        computer = orm.load_computer(SLURM_COMPUTER)
-        report.add(f'computer {SLURM_COMPUTER}', 'exists')
-    except NotExistent:
-        computer = orm.Computer(
-            label=SLURM_COMPUTER,
-            hostname='localhost',
-            description='This machine through its SLURM (created by `alkit setup --slurm`)',
-            transport_type='core.local',
-            scheduler_type='core.slurm',
-            workdir=local.get_workdir(),
-        ).store()
-        report.add(f'computer {SLURM_COMPUTER}', 'created', f'scheduler core.slurm, work dir {computer.get_workdir()}')
-    if not computer.is_configured:
-        computer.configure(safe_interval=0, use_login_shell=False)
-    computer.set_minimum_job_poll_interval(2)
-    computer.set_default_mpiprocs_per_machine(1)  # one job process; more cores via num_cores_per_mpiproc
-    _ensure_code(PYTHON_CODE, computer, sys.executable, None, report)
-    pw_path = shutil.which('pw.x')
-    if pw_path:
-        _ensure_code(PW_CODE, computer, pw_path, 'quantumespresso.pw', report)
+    computer = _ensure_computer(
+        report,
+        SLURM_COMPUTER,
+        scheduler='core.slurm',
+        description='This machine through its SLURM (created by `alkit setup --slurm`)',
+        poll_interval=2,
+    )
+    _ensure_codes(computer, report)
     return report
 
 
@@ -149,11 +132,7 @@ def ensure_resources(
 
         report = SetupReport(profile=get_manager().get_profile().name)
     computer = _ensure_computer(report)
-    _ensure_code(PYTHON_CODE, computer, sys.executable, None, report)
-    pw_path = shutil.which('pw.x')
-    if pw_path:
-        _ensure_code(PW_CODE, computer, pw_path, 'quantumespresso.pw', report)
-    else:
+    if not _ensure_codes(computer, report):
         report.add(f'code {PW_CODE}', 'missing', 'pw.x not on PATH (apt-get install quantum-espresso)')
     _ensure_pseudo_family(pseudo_dir, report, echo)
     return report
@@ -253,33 +232,51 @@ def _postgres_storage_config(name: str, host: str = '127.0.0.1', port: int = 543
 
 
 # ---------------------------------------------------------------------- computer and codes
-def _ensure_computer(report: SetupReport):
+def _ensure_computer(
+    report: SetupReport,
+    label: str = COMPUTER,
+    scheduler: str = 'core.direct',
+    description: str = 'This machine (created by `alkit setup`)',
+    poll_interval: float = 1,
+):
+    """This machine as the computer ``label`` (transport ``core.local``, the profile's scratch folder as work
+    directory, one MPI process per machine unless a job's ``resources`` say more), with ``scheduler``."""
     from aiida import orm
     from aiida.common.exceptions import NotExistent
     from aiida.manage import get_manager
     from aiida.manage.configuration import get_config
 
     try:
-        computer = orm.load_computer(COMPUTER)
-        report.add(f'computer {COMPUTER}', 'exists')
+        computer = orm.load_computer(label)
+        report.add(f'computer {label}', 'exists')
     except NotExistent:
         workdir = pathlib.Path(get_config().dirpath) / 'scratch' / get_manager().get_profile().name
         workdir.mkdir(parents=True, exist_ok=True)
         computer = orm.Computer(
-            label=COMPUTER,
+            label=label,
             hostname='localhost',
-            description='This machine (created by `alkit setup`)',
+            description=description,
             transport_type='core.local',
-            scheduler_type='core.direct',
+            scheduler_type=scheduler,
             workdir=str(workdir),
         ).store()
-        report.add(f'computer {COMPUTER}', 'created', f'work dir {workdir}')
+        report.add(f'computer {label}', 'created', f'work dir {workdir}')
     if not computer.is_configured:
         # no login shell: a `bash -l` per transport command costs 0.2-0.3 s of shell start-up (bench_engine.py)
         computer.configure(safe_interval=0, use_login_shell=False)
-    computer.set_minimum_job_poll_interval(1)
+    computer.set_minimum_job_poll_interval(poll_interval)
     computer.set_default_mpiprocs_per_machine(1)
     return computer
+
+
+def _ensure_codes(computer, report: SetupReport) -> bool:
+    """The ``alkit-python`` code (this interpreter) and, when ``pw.x`` is on PATH, the ``pw`` code on ``computer``;
+    whether ``pw.x`` was found."""
+    _ensure_code(PYTHON_CODE, computer, sys.executable, None, report)
+    pw_path = shutil.which('pw.x')
+    if pw_path:
+        _ensure_code(PW_CODE, computer, pw_path, 'quantumespresso.pw', report)
+    return pw_path is not None
 
 
 def _ensure_code(label: str, computer, executable: str, plugin: str | None, report: SetupReport) -> None:

@@ -6,8 +6,8 @@ is read from its ``report`` output; a running one (or any with ``--source graph`
 runs, and lists the campaign's processes that no daemon worker picked up for ``--stuck-after`` seconds (the broker lost
 their tasks: :mod:`aiida_alkit.workflows.recovery`).
 
-``alkit campaign repair`` recreates lost tasks (daemon stop, tasks recreated as ``verdi process repair`` does, daemon start); finished
-labels, models and datasets are kept.
+``alkit campaign repair`` recreates lost tasks (daemon stop, tasks recreated as ``verdi process repair`` does,
+daemon start); finished labels, models and datasets are kept.
 
 ``alkit campaign report PK`` prints the table of seed paper 000 (Table 2: round, temperature, MD steps, maximum,
 reliable / selected / discarded). The paper's columns map onto the report as follows:

@@ -41,7 +41,7 @@ from aiida_alkit.jobs.explore_parameters import (
     ExploreParameters,
     MonteCarloParameters,
 )
-from aiida_alkit.jobs.explore_terms import AtomCalibration, ExploreContext, bias_term_and_stop_criteria
+from aiida_alkit.jobs.explore_terms import AtomCalibration, ExploreContext, bias_kinds, bias_term_and_stop_criteria
 
 __all__ = [
     'POOL_FILE',
@@ -285,7 +285,8 @@ def _atom_calibration(members: list, settings: ExploreParameters, train) -> Atom
     from aiida_alkit.exploration.terms import GradientFeatureUncertainty, calibrated, fit_atom_calibrator
 
     kind = settings.bias.kind
-    single_stop = settings.stop.uncertainty is not None and len(members) == 1 and kind in ('none', 'gradient')
+    # the single-model stop.uncertainty compares the calibrated atom uncertainty for the kinds marked `calibrated`
+    single_stop = settings.stop.uncertainty is not None and len(members) == 1 and bias_kinds()[kind].calibrated
     if not (single_stop or kind == 'gradient' or settings.features_requested):
         return None
     if train is None or train.forces is None or 'split' not in train.info:

@@ -235,35 +235,30 @@ BUILTIN_STOP_CRITERIA: dict[str, StopCriterion] = {
 
 
 # -------------------------------------------------------------------------------------------------------- registry
-def _plugins(group: str, builtin: dict[str, Any]) -> dict[str, Any]:
+def _plugins(group: str, builtin: dict[str, Any], kind: type) -> dict[str, Any]:
+    """name -> ``kind`` object of the installed plugins' entry points in ``group`` (a built-in name is skipped)."""
     from importlib.metadata import entry_points
 
     found = {}
     for entry_point in entry_points(group=group):
         name = entry_point.name.lower()
-        if name not in builtin:
-            found[name] = entry_point.load()
+        if name in builtin:
+            continue
+        value = entry_point.load()
+        if not isinstance(value, kind):
+            raise TypeError(f'entry point {name!r} of {group} is not a {kind.__name__}: {value!r}')
+        found[name] = value
     return found
 
 
 @functools.cache
 def _plugin_bias_kinds() -> dict[str, BiasKind]:
-    kinds = _plugins(BIAS_KIND_ENTRY_POINT_GROUP, BUILTIN_BIAS_KINDS)
-    for name, kind in kinds.items():
-        if not isinstance(kind, BiasKind):
-            raise TypeError(f'entry point {name!r} of {BIAS_KIND_ENTRY_POINT_GROUP} is not a BiasKind: {kind!r}')
-    return kinds
+    return _plugins(BIAS_KIND_ENTRY_POINT_GROUP, BUILTIN_BIAS_KINDS, BiasKind)
 
 
 @functools.cache
 def _plugin_stop_criteria() -> dict[str, StopCriterion]:
-    criteria = _plugins(STOP_CRITERION_ENTRY_POINT_GROUP, BUILTIN_STOP_CRITERIA)
-    for name, criterion in criteria.items():
-        if not isinstance(criterion, StopCriterion):
-            raise TypeError(
-                f'entry point {name!r} of {STOP_CRITERION_ENTRY_POINT_GROUP} is not a StopCriterion: {criterion!r}'
-            )
-    return criteria
+    return _plugins(STOP_CRITERION_ENTRY_POINT_GROUP, BUILTIN_STOP_CRITERIA, StopCriterion)
 
 
 def bias_kinds() -> dict[str, BiasKind]:

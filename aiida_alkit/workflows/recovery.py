@@ -10,8 +10,8 @@ broker's on-disk queue, read when the daemon starts). :func:`repair_lost_tasks` 
 interrupted calculation functions (see there).
 
 :func:`stuck_processes` finds the processes of a campaign that waited too long for a worker (``alkit campaign
-status`` lists them); :func:`repair_lost_tasks` is ``alkit campaign repair``: daemon stop, ``verdi process repair``,
-daemon start with the workers it had. Nothing finished is touched: finished labels, models and datasets stay as they
+status`` lists them); :func:`repair_lost_tasks` is ``alkit campaign repair``: daemon stop, the missing tasks
+recreated, daemon start with the workers it had. Nothing finished is touched: finished labels, models and datasets stay as they
 are, and a revived process continues from its last checkpoint.
 """
 
