@@ -32,14 +32,15 @@ class AlkitJobParser(Parser):
             return None, self.exit_codes.ERROR_INVALID_RESULTS_FILE.format(error=str(exc))
 
     def scheduler_message(self) -> str:
-        """The last line the scheduler wrote to the job's stderr (e.g. SLURM's ``CANCELLED AT ...``), or a note
-        that it wrote none: the jobs join their own stderr to their output file, so this file holds only the
-        scheduler's messages."""
+        """What the scheduler wrote to the job's stderr, its lines joined (e.g. SLURM's ``CANCELLED AT ...`` and the
+        shell's ``Terminated``, in either order), at most 500 characters, or a note that it wrote none: the jobs join
+        their own stderr to their output file, so this file holds only the scheduler's and the shell's messages."""
         name = self.node.get_option('scheduler_stderr')
         lines = []
         if name and name in self.retrieved.base.repository.list_object_names():
             lines = self.retrieved.base.repository.get_object_content(name).strip().splitlines()
-        return f'scheduler: {lines[-1].strip()}' if lines else 'the scheduler reported nothing'
+        lines = [line.strip() for line in lines if line.strip()]  # e.g. SLURM's CANCELLED line, then the shell's
+        return f'scheduler: {" | ".join(lines)[:500]}' if lines else 'the scheduler reported nothing'
 
     def read_json(self, name: str) -> Any:
         """Another retrieved JSON file (None when absent)."""
