@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from aiida import orm
 from aiida.engine import run_get_node
@@ -49,6 +51,8 @@ def test_adam(alkit_python_code, training_set, tmp_path):
     assert len(results['metrics']['history']['history']) >= 3
     model = GMNN.load(_export(potential, tmp_path))
     assert model.hyperparameters.hidden_widths == (8, 8)
+    # the job's time budget defaults to 0.9 x the scheduler's walltime (600 s here)
+    assert json.loads(node.base.repository.get_object_content('parameters.json'))['max_seconds'] == pytest.approx(540)
 
 
 def _export(potential, folder):
