@@ -37,7 +37,7 @@ fi
 
 # Re-install only when the dependency declaration changed since the last successful install.
 stamp="$VENV/.alkit-installed"
-EXTRAS="dev,docs"
+EXTRAS="dev,docs,mace"
 want="$(printf '%s %s' "$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)" "$EXTRAS")"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then

@@ -9,6 +9,7 @@ from aiida_alkit.data.dataset import DatasetData
 from aiida_alkit.data.potential import PotentialData
 from aiida_alkit.jobs.explore import POOL_FILE, POTENTIAL_FILE, SCORES_FILE, SEEDS_FILE, STOPS_FILE, TRAINING_FILE
 from aiida_alkit.jobs.explore_parameters import explore_problem
+from aiida_alkit.models.potential import is_committee
 
 __all__ = ['ExploreCalculation', 'validate_explore_parameters']
 
@@ -29,7 +30,7 @@ def _validate_inputs(inputs: dict, _) -> str | None:
     if unknown:
         return f'seed structures contain {unknown}, which potential {potential.pk} does not know ({potential.species})'
     bias = (inputs['parameters'].get_dict().get('bias') or {}).get('kind', 'none')
-    if bias == 'committee' and potential.model_kind != 'gmnn-committee':
+    if bias == 'committee' and not is_committee(potential.model_kind):
         return 'bias.kind "committee" needs a committee potential'
     if bias in ('gradient', 'hal') and 'training' not in inputs:
         return f'bias.kind "{bias}" needs the training set (input "training")'
@@ -44,7 +45,11 @@ class ExploreCalculation(AlkitJobCalculation):
     @classmethod
     def define(cls, spec):
         super().define(spec)
-        spec.input('potential', valid_type=PotentialData, help='The potential (GM-NN or committee) driving the MD.')
+        spec.input(
+            'potential',
+            valid_type=PotentialData,
+            help='The potential (a model of any kind, or a committee) driving the MD.',
+        )
         spec.input('seeds', valid_type=DatasetData, help='Starting structures of the walkers (cycled, shuffled).')
         spec.input(
             'training', valid_type=DatasetData, required=False, help='Training set: features and minimum distance.'

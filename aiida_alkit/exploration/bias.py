@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from aiida_alkit.models.batching import Batch, VerletBatcher
-from aiida_alkit.models.gmnn import GMNN
+from aiida_alkit.models.potential import AtomicPotential
 
 __all__ = [
     'AdaptiveStrength',
@@ -344,7 +344,7 @@ def _displace(batch: Batch, positions: torch.Tensor, strain: torch.Tensor | None
 
 
 def _member_energy(
-    model: GMNN, batch: Batch, positions: torch.Tensor, strain: torch.Tensor | None
+    model: AtomicPotential, batch: Batch, positions: torch.Tensor, strain: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Energy (B,), atomic energies (N,), descriptors (N, d_0) and displaced positions/cells of one member (eV, Å)."""
     displaced_positions, displaced_cells = _displace(batch, positions, strain)
@@ -354,13 +354,13 @@ def _member_energy(
     return energy.index_add(0, batch.structure_index, atomic), atomic, descriptors, displaced_positions, displaced_cells
 
 
-def _members(model: Any) -> list[GMNN]:
-    if isinstance(model, GMNN):
+def _members(model: Any) -> list[AtomicPotential]:
+    if isinstance(model, AtomicPotential):
         return [model]
     members = getattr(model, 'members', model)
     members = list(members)
-    if not members or not all(isinstance(member, GMNN) for member in members):
-        raise TypeError('model must be a GMNN, a Committee or a sequence of GMNN members')
+    if not members or not all(isinstance(member, AtomicPotential) for member in members):
+        raise TypeError('model must be a model (AtomicPotential), a Committee or a sequence of models')
     return members
 
 
@@ -389,7 +389,7 @@ def _structure_norms(vectors: torch.Tensor, structure_index: torch.Tensor, n_str
 class BiasedPotential:
     """Biased energy, forces and stress of many walkers in one batched evaluation (see the module docstring).
 
-    :param model: a :class:`~aiida_alkit.models.gmnn.GMNN`, a ``Committee`` or a sequence of GM-NN members; the
+    :param model: a model (:class:`~aiida_alkit.models.potential.AtomicPotential`), a ``Committee`` or a sequence of members; the
         physical energy and forces are the member means.
     :param term: the uncertainty u (e.g. :class:`CommitteeUncertainty`); None for unbiased dynamics.
     :param strength: τ for the bias forces: a number or a :class:`ConstantStrength`/:class:`AdaptiveStrength`.

@@ -7,10 +7,10 @@ computed on the potential's forward graph from the Gaussian moments G_i(r, ε), 
 seeds/002 eq. 9-11) and the bias stress ``-(τ_s/V) ∂u/∂ε`` (seeds/003 eq. 7) by automatic differentiation.
 
 **Differentiable gradient features.** :func:`differentiable_atomic_features` recomputes the product-structure
-gradient features of :mod:`aiida_alkit.uncertainty.features` inside the autograd graph. The network (seeds/003
-eq. 17) is run layer by layer, ``z^(l) = W^(l) x̃^(l-1)``, ``x^(l) = φ(z^(l))``, and the back-propagated signals
-``g^(l) = ∂E_i/∂z^(l)`` are formed analytically, ``g^(L) = c σ_Z``,
-``g^(l) = φ'(z^(l)) ⊙ (W^(l+1)ᵀ g^(l+1)) / sqrt(d_l)`` — differentiable functions of G_i. The atomic features are
+gradient features of :mod:`aiida_alkit.uncertainty.features` inside the autograd graph. The model's readout
+factors (``x̃^(l-1)`` and the back-propagated signals ``g^(l) = ∂E_i/∂z^(l)`` of each linear layer; for GM-NN
+formed analytically, seeds/003 eq. 17-18: ``g^(L) = c σ_Z``, ``g^(l) = φ'(z^(l)) ⊙ (W^(l+1)ᵀ g^(l+1)) / sqrt(d_l)``)
+are differentiable functions of the descriptors. The atomic features are
 then the last-layer product ``g^(L) x̃^(L-1)`` (FEAT(LL)) or the tensor sketch
 ``Σ_l (U_in x̃^(l-1)) ⊙ (U_out g^(l))`` (seeds/003 eq. 20) with the *same* random matrices as the
 :class:`~aiida_alkit.uncertainty.features.GradientFeatureMap`, so the values equal :func:`compute_features`.
@@ -29,8 +29,6 @@ calibrated; HAL's σ̃ is in eV; calibrated atom values are in eV/Å. No AiiDA i
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,7 +37,7 @@ import torch
 
 from aiida_alkit.exploration.bias import DEFAULT_EPSILON, UncertaintyValues
 from aiida_alkit.models.batching import Batch
-from aiida_alkit.models.gmnn import BIAS_FACTOR, GMNN, SILU_SCALE, NTKLinear, ScaledSiLU
+from aiida_alkit.models.potential import AtomicPotential
 from aiida_alkit.uncertainty.conformal import ConformalCalibrator, atomic_force_rmse
 from aiida_alkit.uncertainty.features import GradientFeatureMap, GradientFeatures, compute_features, iterate_batches
 from aiida_alkit.uncertainty.gp import GradientUncertainty
@@ -54,7 +52,6 @@ __all__ = [
     'calibrated',
     'differentiable_atomic_features',
     'fit_atom_calibrator',
-    'network_signals',
     'structure_force_features',
 ]
 
@@ -65,77 +62,16 @@ HAL_ATOM_VALUES = ('relative_force', 'force_deviation', None)
 
 
 # ---------------------------------------------------------------------------------------------------------- features
-def _activation_derivative(module: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """φ'(z) elementwise (differentiable): analytic for the scaled SiLU, autograd for other elementwise modules."""
-    if isinstance(module, ScaledSiLU):
-        s = torch.sigmoid(z)
-        return SILU_SCALE * s * (1.0 + z * (1.0 - s))
-    with torch.enable_grad():
-        local = z if z.requires_grad else z.detach().requires_grad_(True)
-        (derivative,) = torch.autograd.grad(module(local).sum(), local, create_graph=z.requires_grad)
-    return derivative
-
-
-def network_signals(
-    model: GMNN, descriptors: torch.Tensor, species: torch.Tensor, layers: int | None = None
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Layer inputs ``x^(l-1)`` (N, d_{l-1}) and signals ``g^(l) = ∂E_i/∂z^(l)`` (N, d_l), eV, of the NTK layers.
-
-    Differentiable with respect to ``descriptors`` (N, d_0) (seeds/003 eq. 17-18; ``g^(L) = c σ_Z``, eq. 4).
-    ``layers``: only the last ``layers`` layers (None: all); the last layer needs no forward pass beyond x^(L-1).
-    """
-    modules = list(model.network)
-    linear = [k for k, module in enumerate(modules) if isinstance(module, NTKLinear)]
-    if not linear or linear[-1] != len(modules) - 1 or any(b - a != 2 for a, b in itertools.pairwise(linear)):
-        raise ValueError('the network must alternate NTKLinear layers and elementwise activations')
-    inputs: list[torch.Tensor] = []
-    pre: list[torch.Tensor] = []
-    x = descriptors
-    for k, module in enumerate(modules):
-        if isinstance(module, NTKLinear):
-            inputs.append(x)
-            if k == len(modules) - 1:
-                break
-            x = module(x)
-            pre.append(x)
-        else:
-            x = module(x)
-    n_layers = len(inputs)
-    first = 0 if layers is None else max(n_layers - int(layers), 0)
-    scale = (model.energy_scale * model.atomic_scale[species])[:, None]  # g^(L) = c σ_Z, (N, 1)
-    signals = [scale.to(descriptors.dtype)]
-    for index in range(n_layers - 1, first, -1):  # g^(l-1) from g^(l)
-        layer = modules[linear[index]]
-        back = signals[0] @ layer.weight / math.sqrt(layer.d_in)
-        signals.insert(0, back * _activation_derivative(modules[linear[index - 1] + 1], pre[index - 1]))
-    return inputs[first:], signals
-
-
 def differentiable_atomic_features(
     feature_map: GradientFeatureMap, descriptors: torch.Tensor, species: torch.Tensor
 ) -> torch.Tensor:
-    """Atomic gradient features φ(G_i) (N, d), eV, as a differentiable function of the Gaussian moments (N, d_0).
+    """Atomic gradient features φ(h_i) (N, d), eV, as a differentiable function of the descriptors (N, d_0).
 
     Same values as ``feature_map.atomic_features`` (FEAT(LL), seeds/001 eq. 14, or the tensor sketch, seeds/003
     eq. 20 with the map's random matrices), but inside the autograd graph, so that derivatives with respect to the
-    positions and the strain flow through G_i.
+    positions and the strain flow through h_i.
     """
-    model = feature_map.model
-    if feature_map.kind == 'last_layer':
-        inputs, signals = network_signals(model, descriptors, species, layers=1)
-        x, layer = inputs[-1], feature_map.layers[-1]
-        ones = torch.full((x.shape[0], 1), BIAS_FACTOR, dtype=x.dtype, device=x.device)
-        return signals[-1] * torch.cat([x / math.sqrt(layer.d_in), ones], dim=1)
-    inputs, signals = network_signals(model, descriptors, species)
-    reference = feature_map._projections[0][0]
-    if reference.dtype != descriptors.dtype or reference.device != descriptors.device:
-        feature_map._cast(descriptors.dtype, descriptors.device)
-    result: torch.Tensor | None = None
-    for (weight_in, offset_in, u_out), x, g in zip(feature_map._projections, inputs, signals, strict=True):
-        term = torch.addmm(offset_in, x, weight_in) * (g if u_out is None else g @ u_out)  # eq. (20)
-        result = term if result is None else result + term
-    assert result is not None
-    return result
+    return feature_map.atomic_features_of(descriptors, species)
 
 
 def _structure_sums(values: torch.Tensor, batch: Batch, mean: bool) -> torch.Tensor:
@@ -161,7 +97,7 @@ class _FeatureTermBase:
 
     name = 'feature_term'
     energy_level = False
-    model: GMNN
+    model: AtomicPotential
 
     def _descriptors(self, outputs: Mapping[str, Any], batch: Batch, positions: torch.Tensor | None) -> torch.Tensor:
         """G_i (N, d_0) of ``self.model`` on the graph of the potential (reused when the model is a member)."""
@@ -222,7 +158,7 @@ class GradientFeatureUncertainty(_FeatureTermBase):
 
     def __init__(
         self,
-        model: GMNN,
+        model: AtomicPotential,
         uncertainty: GradientUncertainty | GradientFeatures,
         kind: str | None = None,
         per_atom: bool = True,
@@ -272,7 +208,7 @@ class GradientFeatureUncertainty(_FeatureTermBase):
     @classmethod
     def from_data(
         cls,
-        model: GMNN,
+        model: AtomicPotential,
         data: Any,
         kind: str = 'posterior',
         per_atom: bool = True,
@@ -345,7 +281,7 @@ class HALUncertainty(_FeatureTermBase):
 
     def __init__(
         self,
-        model: GMNN,
+        model: AtomicPotential,
         ridge: BayesianRidge,
         committee: Any = None,
         n_members: int = DEFAULT_COMMITTEE_SIZE,
@@ -456,7 +392,7 @@ class CalibratedTerm:
         return structure, None if atoms is None else atoms * self.scale
 
 
-def structure_force_features(model: GMNN, atoms: Any) -> tuple[np.ndarray, np.ndarray]:
+def structure_force_features(model: AtomicPotential, atoms: Any) -> tuple[np.ndarray, np.ndarray]:
     """Last-layer atomic features φ_i (N, d) and force features ``-d(Σ_i φ_i)/dr`` (N, 3, d) of one structure.
 
     The force rows of HAL's Bayesian-ridge fit (seeds/002 eq. 18-19): the force of a linear model ``c·Σ_i φ_i`` is
@@ -538,7 +474,9 @@ class ExtrapolationGradeStop:
 
     unphysical = False
 
-    def __init__(self, model: GMNN, active_set: Any, feature_map: GradientFeatureMap, check_every: int = 1) -> None:
+    def __init__(
+        self, model: AtomicPotential, active_set: Any, feature_map: GradientFeatureMap, check_every: int = 1
+    ) -> None:
         if check_every < 1:
             raise ValueError(f'check_every must be a positive number of steps, got {check_every}')
         self.model = model
@@ -549,7 +487,7 @@ class ExtrapolationGradeStop:
 
     @classmethod
     def from_training(
-        cls, model: GMNN, train: Any, gamma_break: float, kind: str = 'last_layer', check_every: int = 1
+        cls, model: AtomicPotential, train: Any, gamma_break: float, kind: str = 'last_layer', check_every: int = 1
     ) -> ExtrapolationGradeStop:
         """Fit the active set on the training configurations' structure features."""
         from aiida_alkit.uncertainty.doptimal import ActiveSet

@@ -63,21 +63,14 @@ STOPS_FILE = 'stops.json'
 
 
 def load_model(path: pathlib.Path, device: str):
-    """A GM-NN or a committee from a potential file (by its ``model_kind``)."""
-    from aiida_alkit.models.serialization import load_potential_file
+    """A model or a committee, of whatever kind the potential file holds (its ``model_kind``)."""
+    from aiida_alkit.models.potential import load_potential
 
-    kind = load_potential_file(path).hyperparameters['model_kind']
-    if kind == 'gmnn-committee':
-        from aiida_alkit.models.committee import Committee
-
-        return Committee.load(path, device=device)
-    from aiida_alkit.models.gmnn import GMNN
-
-    return GMNN.load(path, device=device)
+    return load_potential(path, device=device)
 
 
 def potential_forces(model, arrays: ConfigurationArrays, batch_size: int = 32) -> np.ndarray:
-    """Forces (N, 3), eV/Å, of a GM-NN or a committee (member mean) on every configuration of ``arrays``."""
+    """Forces (N, 3), eV/Å, of a model or a committee (member mean) on every configuration of ``arrays``."""
     from aiida_alkit.models.batching import batch_from_configurations
 
     first = next(iter(getattr(model, 'members', [model])))

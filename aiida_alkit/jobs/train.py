@@ -74,7 +74,7 @@ def _errors(model, arrays: ConfigurationArrays | None) -> dict[str, Any] | None:
 
 def _load_model(folder: pathlib.Path, hyperparameters, committee_size: int, device: str) -> tuple[Any, int]:
     """The model to train (``initial.pt`` when given, else a new one) and the epochs its checkpoint has done."""
-    from aiida_alkit.models.gmnn import GMNN
+    from aiida_alkit.models.potential import build_potential, load_potential
     from aiida_alkit.models.serialization import load_potential_file
 
     initial = folder / INITIAL_FILE
@@ -82,11 +82,11 @@ def _load_model(folder: pathlib.Path, hyperparameters, committee_size: int, devi
         from aiida_alkit.models.committee import Committee
 
         if initial.is_file():
-            return Committee.load(initial, device=device), 0
+            return load_potential(initial, device=device), 0
         return Committee(hyperparameters, n_members=committee_size, device=device), 0
     if not initial.is_file():
-        return GMNN(hyperparameters, device=device), 0
-    return GMNN.load(initial, device=device), int(load_potential_file(initial).extras.get('epochs_done', 0))
+        return build_potential(hyperparameters, device=device), 0
+    return load_potential(initial, device=device), int(load_potential_file(initial).extras.get('epochs_done', 0))
 
 
 def _checkpoint_hook(folder: pathlib.Path, model, epochs_done: int, epochs: int, max_seconds: float | None):
@@ -125,13 +125,18 @@ def _main(folder: pathlib.Path, parameters: dict[str, Any]) -> dict[str, Any]:
         raise ValueError('the training set has no energy labels')
     train_set, valid_set = split_train_valid(arrays, tag='split')
     device = _device(settings.device)
+    from aiida_alkit.models.potential import MODEL_KINDS
+
     hyperparameters = settings.hyperparameters(arrays.species)
+    model_class = MODEL_KINDS[hyperparameters.model_kind].model_class()
+    hyperparameters = model_class.complete_hyperparameters(hyperparameters, train_set)
     missing = sorted(set(arrays.species) - set(hyperparameters.species))
     if missing:
         raise ValueError(f'the dataset contains {missing}, which the model species {hyperparameters.species} lack')
     optimizer, committee_size = settings.optimizer, settings.committee_size
     progress(
-        f'training {"a committee of " + str(committee_size) if committee_size > 1 else "one"} GM-NN with {optimizer} '
+        f'training {"a committee of " + str(committee_size) if committee_size > 1 else "one"} '
+        f'{hyperparameters.model_kind} model{"s" if committee_size > 1 else ""} with {optimizer} '
         f'on {len(train_set)} configurations ({0 if valid_set is None else len(valid_set)} for validation), '
         f'device {device}'
     )

@@ -4,7 +4,8 @@ campaign's checks and the docs.
 ``TrainParameters.from_dict(parameters)`` checks a ``parameters.json`` dictionary and returns the typed settings with
 every default filled in; a problem raises :class:`ParameterError` whose message names the key, the value and what is
 allowed (the messages the CalcJob and the campaign report). The nested settings are the models' own dataclasses,
-with their defaults and units: :class:`~aiida_alkit.models.gmnn.GMNNHyperparameters` (``model``),
+with their defaults and units: the hyper-parameters of the model kind ``model.kind`` names (``gmnn``:
+:class:`~aiida_alkit.models.gmnn.GMNNHyperparameters`, ``mace``: :class:`~aiida_alkit.models.mace.MACEHyperparameters`),
 :class:`~aiida_alkit.models.training.TrainingConfig` (``training``) and
 :class:`~aiida_alkit.models.rlekf.RLEKFConfig` (``rlekf``).
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from aiida_alkit.jobs.common import GRANTED_CORES_KEY, ParameterError
-from aiida_alkit.models.gmnn import GMNNHyperparameters
+from aiida_alkit.models.potential import MODEL_KINDS, hyperparameters_from_dict, is_committee, model_kind_of
 from aiida_alkit.models.rlekf import RLEKFConfig
 from aiida_alkit.models.training import TrainingConfig
 
@@ -54,6 +55,29 @@ def _build(key: str, build: Any, *args: Any) -> Any:
         return build(*args)
     except (TypeError, ValueError) as exc:
         raise ParameterError(f'invalid {key} parameters: {exc}') from exc
+
+
+def _model_section(data: Mapping[str, Any], optimizer: str) -> dict[str, Any]:
+    """The ``model`` group: its kind known, its keys those of the kind's hyper-parameters, their values accepted by
+    the kind (species default to the dataset's, so a placeholder stands in for them here)."""
+    value = data.get('model') or {}
+    if not isinstance(value, Mapping):
+        raise ParameterError(f'model must be a dictionary or null, got {value!r}')
+    try:
+        kind = model_kind_of(value)
+    except ValueError as exc:
+        raise ParameterError(f'invalid model parameters: {exc}') from exc
+    if is_committee(kind):
+        raise ParameterError(f'model.kind {kind!r} names a committee file; use committee_size for a committee')
+    try:
+        model_class = MODEL_KINDS[kind].model_class()
+    except ValueError as exc:
+        raise ParameterError(str(exc)) from exc
+    model = _section(data, 'model', _init_fields(model_class.hyperparameters_class) | {'model_kind', 'kind'})
+    _build('model', hyperparameters_from_dict, {'species': ['H'], **model})
+    if optimizer == 'rlekf' and model_class.rlekf_refusal:
+        raise ParameterError(f'optimizer "rlekf" with model.kind {kind!r}: {model_class.rlekf_refusal}')
+    return model
 
 
 @dataclass(frozen=True)
@@ -110,8 +134,8 @@ class TrainParameters:
     """Everything the train job reads from ``parameters.json`` (defaults filled in)."""
 
     model: dict[str, Any] = field(default_factory=dict)
-    """:class:`~aiida_alkit.models.gmnn.GMNNHyperparameters` settings (checked); ``species`` may be left out: those
-    of the dataset (:meth:`hyperparameters`)."""
+    """The model's hyper-parameters (checked), with ``kind`` (``gmnn``, the default, or ``mace``) choosing the model;
+    ``species`` may be left out: those of the dataset (:meth:`hyperparameters`)."""
     optimizer: str = 'adam'
     """'adam' or 'rlekf'."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -163,12 +187,10 @@ class TrainParameters:
         threads = data.get('num_threads')
         if threads is not None and not _is_count(threads):
             raise ParameterError(f'num_threads must be a positive integer or null, got {threads!r}')
-        model = _section(data, 'model', _init_fields(GMNNHyperparameters) | {'model_kind'})
+        model = _model_section(data, optimizer)
         training = _section(data, 'training', _init_fields(TrainingConfig))
         rlekf = _section(data, 'rlekf', _init_fields(RLEKFConfig) | RLEKFParameters.KEYS)
         kpu = _section(data, 'kpu', _init_fields(KPUTrainedParameters))
-        if model:  # species default: the dataset's (any placeholder checks the rest)
-            _build('model', GMNNHyperparameters.from_dict, {'species': ['H'], **model})
         return cls(
             model=model,
             optimizer=optimizer,
@@ -181,9 +203,14 @@ class TrainParameters:
             max_seconds=None if max_seconds is None else float(max_seconds),
         )
 
-    def hyperparameters(self, species: Sequence[str]) -> GMNNHyperparameters:
+    def hyperparameters(self, species: Sequence[str]) -> Any:
         """The model's hyper-parameters, ``species`` (the dataset's) where :attr:`model` gives none."""
-        return GMNNHyperparameters.from_dict({'species': list(species), **self.model})
+        return hyperparameters_from_dict({'species': list(species), **self.model})
+
+    @property
+    def model_kind(self) -> str:
+        """The kind of model trained (``gmnn`` unless ``model.kind`` says otherwise)."""
+        return model_kind_of(self.model)
 
     def training_config(self) -> TrainingConfig:
         """What :func:`~aiida_alkit.models.training.train` gets: :attr:`training` for Adam, RLEKF's epochs and batch

@@ -1,4 +1,4 @@
-"""Committees (ensembles) of independently initialised GM-NN models, the DP-GEN baseline's uncertainty.
+"""Committees (ensembles) of independently initialised models of one kind, the DP-GEN baseline's uncertainty.
 
 DP-GEN trains four models on the same data from different random initialisations and measures the spread of
 their predictions. For atom i with member forces F_i^k (k = 1..K) and the member mean F̄_i, the force deviation is
@@ -10,8 +10,9 @@ Standard deviations are population ones (divide by K), as DP-GEN's ``np.std``.
 
 A committee is trained by :func:`~aiida_alkit.models.training.train` (member k with the seed ``config.seed + k``,
 all members on the same training and validation sets). One file holds the whole committee:
-:func:`~aiida_alkit.models.serialization.save_potential_file` with ``model_kind = 'gmnn-committee'``, the member
-hyper-parameters in the JSON header and the member weights under ``members.<k>.``. No AiiDA import.
+:func:`~aiida_alkit.models.serialization.save_potential_file` with ``model_kind = '<member kind>-committee'``
+(``gmnn-committee``, ``mace-committee``), the member hyper-parameters in the JSON header and the member weights
+under ``members.<k>.``. No AiiDA import.
 """
 
 from __future__ import annotations
@@ -28,17 +29,18 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from torch import nn
 
 from aiida_alkit.models.batching import Batch, batch_from_atoms
-from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
+from aiida_alkit.models.potential import build_potential, committee_kind, hyperparameters_from_dict, is_committee
 
 __all__ = ['COMMITTEE_KIND', 'Committee', 'CommitteeCalculator']
 
-COMMITTEE_KIND = 'gmnn-committee'
+#: The kind of a GM-NN committee file (other kinds: ``committee_kind(member kind)``).
+COMMITTEE_KIND = committee_kind('gmnn')
 #: Members of a DP-GEN committee.
 DEFAULT_MEMBERS = 4
 
 
 class Committee(nn.Module):
-    """K GM-NN models with identical hyper-parameters except the initialisation seed.
+    """K models of one kind with identical hyper-parameters except the initialisation seed.
 
     :param hyperparameters: shared hyper-parameters; member k gets ``seed = seeds[k]``.
     :param n_members: K (4, as DP-GEN).
@@ -47,13 +49,13 @@ class Committee(nn.Module):
 
     def __init__(
         self,
-        hyperparameters: GMNNHyperparameters | Sequence[GMNNHyperparameters],
+        hyperparameters: Any | Sequence[Any],
         n_members: int = DEFAULT_MEMBERS,
         seeds: Sequence[int] | None = None,
         device: str | torch.device = 'cpu',
     ) -> None:
         super().__init__()
-        if isinstance(hyperparameters, GMNNHyperparameters):
+        if not isinstance(hyperparameters, Sequence):
             if seeds is None:
                 seeds = [hyperparameters.seed + k for k in range(n_members)]
             if len(seeds) < 1 or len(set(seeds)) != len(seeds):
@@ -65,16 +67,21 @@ class Committee(nn.Module):
             raise ValueError('a committee needs at least one member')
         first = member_hps[0]
         for hp in member_hps[1:]:
-            if hp.species != first.species or hp.cutoff != first.cutoff or hp.dtype != first.dtype:
-                raise ValueError('committee members must share species, cutoff and dtype')
-        self.members = nn.ModuleList([GMNN(hp, device=device) for hp in member_hps])
+            if (
+                hp.model_kind != first.model_kind
+                or hp.species != first.species
+                or hp.cutoff != first.cutoff
+                or hp.dtype != first.dtype
+            ):
+                raise ValueError('committee members must share kind, species, cutoff and dtype')
+        self.members = nn.ModuleList([build_potential(hp, device=device) for hp in member_hps])
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:
         return len(self.members)
 
     @property
-    def hyperparameters(self) -> GMNNHyperparameters:
+    def hyperparameters(self) -> Any:
         """Hyper-parameters of the first member (all share species, cutoff, dtype)."""
         return self.members[0].hyperparameters
 
@@ -147,7 +154,7 @@ class Committee(nn.Module):
         from aiida_alkit.models.serialization import save_potential_file
 
         hyperparameters = {
-            'model_kind': COMMITTEE_KIND,
+            'model_kind': self.kind,
             'species': list(self.species),
             'cutoff': float(self.cutoff),
             'n_members': len(self.members),
@@ -155,20 +162,34 @@ class Committee(nn.Module):
         }
         save_potential_file(path, self.state_dict(), hyperparameters, extras)
 
+    @property
+    def kind(self) -> str:
+        """The committee's kind, ``<member kind>-committee``."""
+        return committee_kind(self.members[0].kind)
+
     @classmethod
     def load(cls, path: str | os.PathLike | Any, device: str | torch.device = 'cpu') -> Committee:
         """Read a committee written by :meth:`save` (no unpickling of arbitrary objects)."""
-        from aiida_alkit.models.serialization import PotentialFileError, load_potential_file
+        from aiida_alkit.models.serialization import load_potential_file
 
-        content = load_potential_file(path)
+        return cls._from_content(load_potential_file(path), path, device)
+
+    @classmethod
+    def _from_content(cls, content: Any, path: Any, device: str | torch.device) -> Committee:
+        from aiida_alkit.models.serialization import PotentialFileError
+
         header = content.hyperparameters
-        if header.get('model_kind') != COMMITTEE_KIND:
-            raise PotentialFileError(f'{path}: model kind {header.get("model_kind")!r} is not {COMMITTEE_KIND!r}')
+        if not is_committee(header.get('model_kind')):
+            raise PotentialFileError(f'{path}: model kind {header.get("model_kind")!r} is not a committee kind')
         try:
-            member_hps = [GMNNHyperparameters.from_dict(item) for item in header['members']]
+            member_hps = [hyperparameters_from_dict(item) for item in header['members']]
             committee = cls(member_hps, device=device)
         except (KeyError, TypeError, ValueError) as exc:
             raise PotentialFileError(f'{path}: invalid committee hyper-parameters: {exc}') from exc
+        if committee.kind != header['model_kind']:
+            raise PotentialFileError(
+                f'{path}: members of kind {committee.members[0].kind!r} in a {header["model_kind"]!r}'
+            )
         if header.get('n_members', len(member_hps)) != len(member_hps):
             raise PotentialFileError(f'{path}: n_members does not match the member hyper-parameters')
         try:

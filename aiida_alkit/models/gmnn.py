@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -37,7 +36,8 @@ import torch
 from torch import nn
 
 from aiida_alkit.models._moments import InvariantPlan, NeighbourLayout, cached_layout, padded_moments
-from aiida_alkit.models.batching import Batch, batch_from_atoms
+from aiida_alkit.models.batching import Batch
+from aiida_alkit.models.potential import AtomicPotential, ReadoutLayer
 
 __all__ = [
     'CONTRACTIONS',
@@ -300,12 +300,17 @@ class ScaledSiLU(nn.Module):
         return SILU_SCALE * nn.functional.silu(x)
 
 
-class GMNN(nn.Module):
+class GMNN(AtomicPotential):
     """GM-NN potential: Gaussian moments → two-hidden-layer NTK network → scaled/shifted atomic energies (eq. 1-6).
 
     Parameter groups (for the layer-wise learning rates of the papers, see :meth:`parameter_groups`):
     ``representation`` (β), ``nn`` (W, b), ``scale`` (σ_Z), ``shift`` (μ_Z). The constant c is a buffer.
+    Energies, forces, stress and persistence come from :class:`~aiida_alkit.models.potential.AtomicPotential`.
     """
+
+    kind = 'gmnn'
+    hyperparameters_class = GMNNHyperparameters
+    default_learning_rates = PAPER_LEARNING_RATES
 
     def __init__(self, hyperparameters: GMNNHyperparameters, device: str | torch.device = 'cpu') -> None:
         super().__init__()
@@ -324,24 +329,6 @@ class GMNN(nn.Module):
         self.register_buffer('energy_scale', torch.tensor(1.0, dtype=torch.float64))  # c, eV (eq. 4)
         self.to(device=device, dtype=hyperparameters.torch_dtype)
 
-    # ------------------------------------------------------------------ properties
-    @property
-    def species(self) -> list[str]:
-        return list(self.hyperparameters.species)
-
-    @property
-    def cutoff(self) -> float:
-        """Cutoff radius, Å."""
-        return self.hyperparameters.cutoff
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.atomic_scale.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.atomic_scale.device
-
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by group: 'nn', 'representation', 'shift', 'scale' (keys of :data:`PAPER_LEARNING_RATES`)."""
         return {
@@ -350,17 +337,6 @@ class GMNN(nn.Module):
             'shift': [self.atomic_shift],
             'scale': [self.atomic_scale],
         }
-
-    # ------------------------------------------------------------------ batches
-    def make_batch(self, structures: Sequence[Any], labels: bool = False) -> Batch:
-        """Batch of ASE ``Atoms`` with this model's species, cutoff, device and dtype."""
-        return batch_from_atoms(structures, self.species, self.cutoff, self.device, self.dtype, labels=labels)
-
-    def species_counts(self, batch: Batch) -> torch.Tensor:
-        """(B, n_species) element counts per structure."""
-        counts = torch.zeros(batch.n_structures, len(self.species), dtype=self.dtype, device=batch.species.device)
-        one_hot = nn.functional.one_hot(batch.species, len(self.species)).to(self.dtype)
-        return counts.index_add_(0, batch.structure_index, one_hot)
 
     # ------------------------------------------------------------------ energy shift initialisation
     def fit_shift(
@@ -392,12 +368,6 @@ class GMNN(nn.Module):
             self.atomic_scale.fill_(1.0)
         return {'shift': weights.tolist(), 'energy_scale': scale, 'rmse_per_atom': rmse}
 
-    def fit_shift_from_batch(self, batch: Batch, min_scale: float = 1e-3) -> dict[str, Any]:
-        """:meth:`fit_shift` on the energy labels of a batch."""
-        if batch.energy is None:
-            raise ValueError('the batch has no energy labels')
-        return self.fit_shift(batch.energy, self.species_counts(batch), min_scale=min_scale)
-
     # ------------------------------------------------------------------ model
     def descriptors(
         self, batch: Batch, positions: torch.Tensor | None = None, cells: torch.Tensor | None = None
@@ -420,81 +390,49 @@ class GMNN(nn.Module):
         y = self.network(descriptors).squeeze(-1)
         return self.energy_scale * (self.atomic_scale[species] * y + self.atomic_shift[species])
 
-    def forward(
-        self, batch: Batch, compute_forces: bool = True, compute_stress: bool = False, training: bool = False
-    ) -> dict[str, torch.Tensor]:
-        """Energies (eq. 1), forces (eq. 6) and stress (seeds/003 eq. 16) of a batch.
+    def readout_layout(self) -> list[ReadoutLayer]:
+        """The NTK layers of the network (eq. 3): x̃ = (x / sqrt(d), 0.1); the last one is the output layer."""
+        layers = [module for module in self.network if isinstance(module, NTKLinear)]
+        return [
+            ReadoutLayer(layer.d_in + 1, layer.weight.shape[0], index == len(layers) - 1)
+            for index, layer in enumerate(layers)
+        ]
 
-        :param compute_forces: forces F = -∂E/∂r (N, 3), eV/Å.
-        :param compute_stress: stress (1/V) ∂E/∂ε (B, 3, 3), eV/Å³ (ASE sign), for structures periodic in all
-            three directions; zero for the others.
-        :param training: keep the graph of forces/stress so that a loss on them can be back-propagated.
-        :return: dict with 'energy' (B,) eV, 'atomic_energies' (N,) eV and, when asked, 'forces', 'stress'.
-        """
-        if compute_forces or compute_stress:
-            with torch.enable_grad():  # derivatives are needed even when called under torch.no_grad()
-                return self._evaluate(batch, compute_forces, compute_stress, training)
-        return self._evaluate(batch, False, False, training)
-
-    def _evaluate(
-        self, batch: Batch, compute_forces: bool, compute_stress: bool, training: bool
-    ) -> dict[str, torch.Tensor]:
-        positions = batch.positions.to(self.dtype)
-        cells = batch.cells.to(self.dtype)
+    def readout_factors(
+        self, descriptors: torch.Tensor, species: torch.Tensor, output_only: bool = False
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(x̃^(l-1), g^(l))`` of the NTK layers (seeds/001 eq. 13, seeds/003 eq. 17-18), analytic and
+        differentiable with respect to the descriptors: ``x̃ = (x / sqrt(d), 0.1)``, ``g^(L) = c σ_Z`` (eq. 4) and
+        ``g^(l-1) = (g^(l) W^(l) / sqrt(d)) ⊙ φ'(z^(l-1))``."""
+        modules = list(self.network)
+        linear = [k for k, module in enumerate(modules) if isinstance(module, NTKLinear)]
         inputs: list[torch.Tensor] = []
-        if compute_forces and not positions.requires_grad:
-            positions = positions.detach().requires_grad_(True)
-        if compute_forces:
-            inputs.append(positions)
-        displaced_positions, displaced_cells = positions, cells
-        if compute_stress:
-            strain = torch.zeros((batch.n_structures, 3, 3), dtype=self.dtype, device=positions.device)
-            strain.requires_grad_(True)
-            inputs.append(strain)
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            # r -> r (1 + ε) for atoms and lattice vectors (row vectors)
-            displaced_positions = positions + torch.einsum('ni,nij->nj', positions, symmetric[batch.structure_index])
-            displaced_cells = cells + torch.bmm(cells, symmetric)
-        descriptors = self.descriptors(batch, displaced_positions, displaced_cells)
-        atomic = self.atomic_energies(descriptors, batch.species)
-        energy = torch.zeros(batch.n_structures, dtype=self.dtype, device=atomic.device)
-        energy = energy.index_add(0, batch.structure_index, atomic)
-        results = {'energy': energy, 'atomic_energies': atomic}
-        if inputs:
-            gradients = torch.autograd.grad(
-                energy.sum(), inputs, create_graph=training, retain_graph=training, allow_unused=True
-            )
-            gradients = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, gradients, strict=True)]
-            if compute_forces:
-                results['forces'] = -gradients[0]
-            if compute_stress:
-                volume = torch.linalg.det(cells).abs()
-                periodic = batch.pbc.to(positions.device).all(dim=-1) & (volume > 1e-12)
-                safe_volume = torch.where(periodic, volume, torch.ones_like(volume))
-                stress = gradients[-1] / safe_volume[:, None, None]
-                results['stress'] = torch.where(periodic[:, None, None], stress, torch.zeros_like(stress))
-        return results
+        pre: list[torch.Tensor] = []
+        x = descriptors
+        for k, module in enumerate(modules):
+            if isinstance(module, NTKLinear):
+                inputs.append(x)
+                if k == len(modules) - 1:
+                    break
+                x = module(x)
+                pre.append(x)
+            else:
+                x = module(x)
+        n_layers = len(inputs)
+        first = n_layers - 1 if output_only else 0
+        signals = [(self.energy_scale * self.atomic_scale[species])[:, None].to(descriptors.dtype)]
+        for index in range(n_layers - 1, first, -1):  # g^(l-1) from g^(l)
+            layer = modules[linear[index]]
+            back = signals[0] @ layer.weight / math.sqrt(layer.d_in)
+            signals.insert(0, back * _silu_derivative(pre[index - 1]))
+        factors = []
+        for x, g in zip(inputs[first:], signals, strict=True):
+            ones = torch.full((x.shape[0], 1), BIAS_FACTOR, dtype=x.dtype, device=x.device)
+            factors.append((torch.cat([x / math.sqrt(x.shape[1]), ones], dim=1), g))
+        return factors
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike, extras: dict[str, Any] | None = None) -> None:
-        """Write a one-file potential (weights + JSON hyper-parameters), see ``serialization.py``."""
-        from aiida_alkit.models.serialization import save_potential_file
 
-        save_potential_file(path, self.state_dict(), self.hyperparameters.to_dict(), extras)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike | Any, device: str | torch.device = 'cpu') -> GMNN:
-        """Read a potential written by :meth:`save` (never unpickles arbitrary objects)."""
-        from aiida_alkit.models.serialization import PotentialFileError, load_potential_file
-
-        content = load_potential_file(path)
-        try:
-            hyperparameters = GMNNHyperparameters.from_dict(content.hyperparameters)
-        except (TypeError, ValueError) as exc:
-            raise PotentialFileError(f'{path}: not a GM-NN potential: {exc}') from exc
-        model = cls(hyperparameters, device=device)
-        try:
-            model.load_state_dict(content.state_dict)
-        except RuntimeError as exc:
-            raise PotentialFileError(f'{path}: weights do not match the hyper-parameters: {exc}') from exc
-        return model
+def _silu_derivative(z: torch.Tensor) -> torch.Tensor:
+    """φ'(z) of the scaled SiLU φ(z) = α z sigmoid(z), elementwise and differentiable."""
+    s = torch.sigmoid(z)
+    return SILU_SCALE * s * (1.0 + z * (1.0 - s))

@@ -452,7 +452,8 @@ class TrainingConfig:
     :param epochs: planned number of epochs (1000); the linear learning-rate decay spans them.
     :param batch_size: structures per mini-batch (32; smaller when there are fewer training structures).
     :param learning_rates: initial Adam learning rate per parameter group ('nn', 'representation', 'shift',
-        'scale'), default :data:`PAPER_LEARNING_RATES` (0.03, 0.02, 0.05, 0.001).
+        'scale'); the groups not given take the model kind's defaults (``default_learning_rates``: GM-NN
+        :data:`PAPER_LEARNING_RATES` 0.03, 0.02, 0.05, 0.001; MACE 0.01 for its network), see :meth:`rates_for`.
     :param lr_final_fraction: the learning rates decay linearly to this fraction of their initial values at the end
         of the planned epochs (0: to zero).
     :param adam_betas: Adam β1, β2 (0.9, 0.999). :param adam_eps: Adam ε (1e-7).
@@ -476,7 +477,7 @@ class TrainingConfig:
 
     epochs: int = 1000
     batch_size: int = 32
-    learning_rates: dict[str, float] = field(default_factory=lambda: dict(PAPER_LEARNING_RATES))
+    learning_rates: dict[str, float] = field(default_factory=dict)
     lr_final_fraction: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-7
@@ -495,8 +496,7 @@ class TrainingConfig:
     log_every: int = 1
 
     def __post_init__(self) -> None:
-        rates = dict(PAPER_LEARNING_RATES)
-        rates.update({str(key): float(value) for key, value in dict(self.learning_rates).items()})
+        rates = {str(key): float(value) for key, value in dict(self.learning_rates).items()}
         unknown = set(rates) - set(PAPER_LEARNING_RATES)
         if unknown:
             raise ValueError(f'unknown parameter groups {sorted(unknown)}; known: {sorted(PAPER_LEARNING_RATES)}')
@@ -519,6 +519,10 @@ class TrainingConfig:
             raise ValueError(f'unknown early-stopping metric {self.early_stopping_metric!r}')
         if min(self.energy_weight, self.forces_weight, self.stress_weight) < 0:
             raise ValueError('loss weights must be non-negative')
+
+    def rates_for(self, model: Any) -> dict[str, float]:
+        """The learning rate of every parameter group: :attr:`learning_rates` over the model kind's defaults."""
+        return {**getattr(model, 'default_learning_rates', PAPER_LEARNING_RATES), **self.learning_rates}
 
     @property
     def loss_weights(self) -> LossWeights:
@@ -715,8 +719,9 @@ class _AdamEpochs:
                 train_set.energy, count_species(train_set.numbers, train_set.offsets, model.species)
             )
         groups = model.parameter_groups()
+        self.rates = config.rates_for(model)
         self.optimizer = torch.optim.Adam(
-            [{'params': groups[name], 'lr': config.learning_rates[name], 'name': name} for name in groups],
+            [{'params': groups[name], 'lr': self.rates[name], 'name': name} for name in groups if groups[name]],
             betas=config.adam_betas,
             eps=config.adam_eps,
             fused=model.device.type == 'cuda',  # one kernel per step on the GPU; the CPU keeps the default (foreach)
@@ -732,7 +737,7 @@ class _AdamEpochs:
         self.step = 0
 
     def initial(self) -> dict[str, Any]:
-        return {'lr': self.config.learning_rates['nn']}
+        return {'lr': self.rates['nn']}
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         model, weights = self.model, self.config.loss_weights

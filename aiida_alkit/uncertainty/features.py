@@ -1,4 +1,4 @@
-"""Gradient features of the GM-NN atomic energies with respect to the network parameters.
+"""Gradient features of a model's atomic energies with respect to its readout parameters (any model kind).
 
 The gradient kernel of ``seeds/001`` (Sec. 3.1.1, eq. 8-13) uses the feature map ``φ_grad(S) = ∇_θ E(S, θ)``, a sum
 over atoms of ``φ_grad(G_i) = ∇_θ E_i(G_i, θ)`` (eq. 11). For the fully connected layers in NTK parametrisation
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from aiida_alkit.models.batching import Batch, batch_from_configurations
-from aiida_alkit.models.gmnn import BIAS_FACTOR, GMNN, NTKLinear
+from aiida_alkit.models.potential import AtomicPotential
 
 __all__ = ['FEATURE_KINDS', 'GradientFeatureMap', 'GradientFeatures', 'compute_features', 'iterate_batches']
 
@@ -80,33 +80,29 @@ class GradientFeatures:
         return np.repeat(np.arange(len(self.n_atoms)), self.n_atoms)
 
 
-def _network_layers(model: GMNN) -> list[NTKLinear]:
-    layers = [module for module in model.network.modules() if isinstance(module, NTKLinear)]
-    if not layers:
-        raise ValueError('the model has no NTKLinear layers')
-    return layers
-
-
 class GradientFeatureMap:
     """A fixed gradient feature map of one model: last-layer (exact) or tensor-sketched (seeded random matrices).
 
-    :param model: the GM-NN model (its ``network`` of :class:`NTKLinear` layers is differentiated).
+    Works for any model kind through its readout factors (:meth:`~aiida_alkit.models.potential.AtomicPotential.
+    readout_factors`): per linear layer of the readout, ``∂E_i/∂W = g_i ⊗ x̃_i``.
+
+    :param model: the model (its readout's linear layers are differentiated; its representation is held fixed).
     :param kind: ``'sketch'`` (FEAT(RP), eq. 19 of ``seeds/001``) or ``'last_layer'`` (FEAT(LL), eq. 14).
     :param dim: number of random projections p for the sketch (ignored for ``'last_layer'``, whose dimension is
-        ``d_{L-1} + 1``).
+        the number of weights of the output layers, ``d_{L-1} + 1`` for GM-NN).
     :param seed: seed of the random matrices; the same seed gives the same map for every call and structure.
     """
 
-    def __init__(self, model: GMNN, kind: str = 'sketch', dim: int = 512, seed: int = 0) -> None:
+    def __init__(self, model: AtomicPotential, kind: str = 'sketch', dim: int = 512, seed: int = 0) -> None:
         if kind not in FEATURE_KINDS:
             raise ValueError(f'kind must be one of {FEATURE_KINDS}, got {kind!r}')
         self.model = model
         self.kind = kind
         self.seed = int(seed)
-        self.layers = _network_layers(model)
+        self.layers = model.readout_layout()
         if kind == 'last_layer':
-            self.dim = self.layers[-1].d_in + 1
-            self._projections: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+            self.dim = sum(layer.d_in * layer.d_out for layer in self.layers if layer.output)
+            self._projections: list[tuple[torch.Tensor, torch.Tensor | None]] = []
             return
         if isinstance(dim, bool) or int(dim) != dim or dim < 1:
             raise ValueError(f'dim must be a positive integer, got {dim!r}')
@@ -115,84 +111,52 @@ class GradientFeatureMap:
         scale = 1.0 / math.sqrt(self.dim)  # makes the sketched kernel an unbiased estimate of k_grad
         self._projections = []
         for layer in self.layers:
-            d_out = layer.weight.shape[0]
-            u_in = torch.randn(layer.d_in + 1, self.dim, generator=generator, dtype=torch.float64)
-            u_out = torch.randn(d_out, self.dim, generator=generator, dtype=torch.float64) if d_out > 1 else None
-            # x̃ @ U_in = x @ (U_in[:d] / sqrt(d)) + 0.1 U_in[d]; the factor p^{-1/2} is folded into U_in
-            weight_in = u_in[:-1] * (scale / math.sqrt(layer.d_in))
-            offset_in = u_in[-1] * (scale * BIAS_FACTOR)
-            self._projections.append((weight_in, offset_in, u_out))
+            u_in = torch.randn(layer.d_in, self.dim, generator=generator, dtype=torch.float64)
+            u_out = (
+                torch.randn(layer.d_out, self.dim, generator=generator, dtype=torch.float64)
+                if layer.d_out > 1
+                else None
+            )
+            self._projections.append((u_in * scale, u_out))  # the factor p^{-1/2} is folded into U_in
         self._cast(model.dtype, model.device)
 
     def _cast(self, dtype: torch.dtype, device: torch.device) -> None:
         self._projections = [
-            (
-                w.to(device=device, dtype=dtype),
-                b.to(device=device, dtype=dtype),
-                None if u is None else u.to(device, dtype),
-            )
-            for w, b, u in self._projections
+            (w.to(device=device, dtype=dtype), None if u is None else u.to(device, dtype)) for w, u in self._projections
         ]
 
     def layer_factors(self, batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer factors ``(g_i^(l), x̃_i^(l-1))`` of eq. (13) for every atom: [(N, d_l), (N, d_{l-1} + 1)].
+        """Per-layer factors ``(g_i^(l), x̃_i^(l-1))`` of eq. (13) for every atom: [(N, d_out), (N, d_in)].
 
-        ``g`` is ∂E_i/∂z_i^(l) (eV), ``x̃ = (x / sqrt(d), 0.1)``; ``g ⊗ x̃`` is the exact gradient of E_i with respect to
-        ``(W^(l), b^(l))``. Used by the feature maps and by tests.
+        ``g`` is ∂E_i/∂z_i^(l) (eV), ``x̃`` the layer input as the layer normalises it (GM-NN: ``(x / sqrt(d), 0.1)``);
+        ``g ⊗ x̃`` is the exact gradient of E_i with respect to the layer's weights. Used by tests.
         """
-        inputs, outputs = self._forward_backward(batch)
-        factors = []
-        for layer, x, g in zip(self.layers, inputs, outputs, strict=True):
-            ones = torch.full((x.shape[0], 1), BIAS_FACTOR, dtype=x.dtype, device=x.device)
-            factors.append((g, torch.cat([x / math.sqrt(layer.d_in), ones], dim=1)))
-        return factors
-
-    def _forward_backward(self, batch: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Layer inputs x^(l-1) and back-propagated signals ∂E_i/∂z^(l) of the layers (all atoms of the batch)."""
-        model = self.model
-        layers = self.layers if self.kind == 'sketch' else self.layers[-1:]
-        inputs: dict[int, torch.Tensor] = {}
-        outputs: dict[int, torch.Tensor] = {}
-
-        def hook(index: int):
-            def capture(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-                inputs[index] = args[0].detach()
-                outputs[index] = output
-
-            return capture
-
         with torch.no_grad():
-            descriptors = model.descriptors(batch)
-        handles = [layer.register_forward_hook(hook(index)) for index, layer in enumerate(layers)]
-        try:
-            with torch.enable_grad():
-                # the representation is held fixed: only the fully connected layers are differentiated
-                descriptors = descriptors.detach().requires_grad_(True)
-                energies = model.atomic_energies(descriptors, batch.species)
-                # atoms do not interact inside the network, so d(sum_i E_i)/dz_i^(l) = dE_i/dz_i^(l)
-                signals = torch.autograd.grad(energies.sum(), [outputs[i] for i in range(len(layers))])
-        finally:
-            for handle in handles:
-                handle.remove()
-        return [inputs[i] for i in range(len(layers))], [s.detach() for s in signals]
+            descriptors = self.model.descriptors(batch)
+        factors = self.model.readout_factors(descriptors, batch.species)
+        return [(g.detach(), x.detach()) for x, g in factors]
 
-    def atomic_features(self, batch: Batch) -> torch.Tensor:
-        """Atomic features φ(G_i) (N, d), eV: eq. (14) per atom (last layer) or eq. (19)/(20) before the atom sum."""
-        inputs, signals = self._forward_backward(batch)
+    def atomic_features_of(self, descriptors: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """Atomic features φ(h_i) (N, d), eV, from descriptors (N, d_0); differentiable with respect to them:
+        eq. (14) per atom (last layer) or eq. (19)/(20) before the atom sum (sketch)."""
+        factors = self.model.readout_factors(descriptors, species, output_only=self.kind == 'last_layer')
         if self.kind == 'last_layer':
-            layer, x, g = self.layers[-1], inputs[0], signals[0]
-            ones = torch.full((x.shape[0], 1), BIAS_FACTOR, dtype=x.dtype, device=x.device)
-            return g * torch.cat([x / math.sqrt(layer.d_in), ones], dim=1)  # g is (N, 1): c σ_Z
+            return torch.cat([(g[:, :, None] * x[:, None, :]).reshape(len(x), -1) for x, g in factors], dim=1)
         reference = self._projections[0][0]
-        if reference.dtype != inputs[0].dtype or reference.device != inputs[0].device:
-            self._cast(inputs[0].dtype, inputs[0].device)
+        if reference.dtype != descriptors.dtype or reference.device != descriptors.device:
+            self._cast(descriptors.dtype, descriptors.device)
         result: torch.Tensor | None = None
-        for (weight_in, offset_in, u_out), x, g in zip(self._projections, inputs, signals, strict=True):
-            projected_in = torch.addmm(offset_in, x, weight_in)  # U_in x̃ (p^{-1/2} included), (N, p)
-            term = projected_in * (g if u_out is None else g @ u_out)  # (U_out g) ⊙ (U_in x̃), eq. (17)/(20)
-            result = term if result is None else result.add_(term)
+        for (weight_in, u_out), (x, g) in zip(self._projections, factors, strict=True):
+            term = (x @ weight_in) * (g if u_out is None else g @ u_out)  # (U_out g) ⊙ (U_in x̃), eq. (17)/(20)
+            result = term if result is None else result + term
         assert result is not None
         return result
+
+    def atomic_features(self, batch: Batch) -> torch.Tensor:
+        """Atomic features φ(h_i) (N, d), eV, of a batch (the representation held fixed, nothing differentiable)."""
+        with torch.no_grad():  # a kind that needs autograd for its signals enables it inside readout_factors
+            descriptors = self.model.descriptors(batch)
+            return self.atomic_features_of(descriptors, batch.species).detach()
 
     def __call__(self, batch: Batch, normalise_per_atom: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``(atomic (N, d), structure (B, d))`` features of a batch; structure = sum (or mean) over its atoms."""
@@ -204,7 +168,7 @@ class GradientFeatureMap:
         return atomic, structure
 
 
-def iterate_batches(model: GMNN, data: Any, batch_size: int = 32) -> Iterator[Batch]:
+def iterate_batches(model: AtomicPotential, data: Any, batch_size: int = 32) -> Iterator[Batch]:
     """Batches of ``data`` for ``model``: a :class:`Batch`, an iterable of batches, a ``ConfigurationArrays``, a
     ``GraphDataset`` (``models.training``) or a sequence of ASE ``Atoms`` (``batch_size`` structures per batch)."""
     if isinstance(data, Batch):
@@ -233,7 +197,7 @@ def iterate_batches(model: GMNN, data: Any, batch_size: int = 32) -> Iterator[Ba
 
 
 def compute_features(
-    model: GMNN,
+    model: AtomicPotential,
     data: Any,
     kind: str = 'sketch',
     dim: int = 512,
@@ -246,7 +210,7 @@ def compute_features(
 ) -> GradientFeatures:
     """Gradient features of many structures, computed batch by batch (see the module docstring).
 
-    :param model: the GM-NN model.
+    :param model: the model (any kind).
     :param data: structures, see :func:`iterate_batches`.
     :param kind: ``'sketch'`` (FEAT(RP), ``seeds/001`` eq. 19 / ``seeds/003`` eq. 20-21) or ``'last_layer'``
         (FEAT(LL), ``seeds/001`` eq. 14).

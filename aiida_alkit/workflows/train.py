@@ -14,7 +14,7 @@ from aiida import orm
 from aiida.engine import ProcessHandlerReport, process_handler
 
 from aiida_alkit.calculations.train import TrainCalculation
-from aiida_alkit.models.gmnn import PAPER_LEARNING_RATES
+from aiida_alkit.models.potential import default_learning_rates, model_kind_of
 from aiida_alkit.workflows.restart import AlkitRestartWorkChain
 
 __all__ = ['TrainWorkChain']
@@ -44,7 +44,7 @@ class TrainWorkChain(AlkitRestartWorkChain):
         """Lower the learning rates by ``lr_reduction`` and train again from scratch."""
         parameters = self.ctx.inputs.parameters.get_dict()
         training = dict(parameters.get('training') or {})
-        rates = dict(PAPER_LEARNING_RATES)
+        rates = default_learning_rates(model_kind_of(parameters.get('model') or {}))
         rates.update(training.get('learning_rates') or {})
         factor = self.inputs.lr_reduction.value
         training['learning_rates'] = {group: rate * factor for group, rate in rates.items()}

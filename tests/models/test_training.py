@@ -75,7 +75,8 @@ def _config(**overrides) -> TrainingConfig:
 # ---------------------------------------------------------------------------------------------- configuration
 def test_config_defaults_are_the_papers():
     config = TrainingConfig()
-    assert config.learning_rates == PAPER_LEARNING_RATES
+    assert config.learning_rates == {}  # the model kind's defaults apply
+    assert config.rates_for(GMNN(GMNNHyperparameters.small(['Cu']))) == PAPER_LEARNING_RATES
     assert (config.adam_betas, config.adam_eps, config.batch_size, config.epochs) == ((0.9, 0.999), 1e-7, 32, 1000)
     assert (config.energy_weight, config.forces_weight) == (1.0, 12.0)  # λ_E = 1, λ_F = 12 N_at (eq. 5)
     assert TrainingConfig(max_epochs_without_improvement=7).patience == 7
