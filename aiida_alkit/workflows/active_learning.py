@@ -251,7 +251,9 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
         :param structures: labelled → ``initial_dataset``; unlabelled → ``initial_structures`` (labelled first).
         :param label: the ``label`` namespace (engine and its code/settings), e.g.
             ``{'engine': 'ase', 'ase': {'code': code, 'calculator': 'ase.calculators.emt.EMT'}}``.
-        :param overrides: nested dictionary merged last (same keys as the YAML).
+        :param overrides: nested dictionary merged last (same keys as the YAML). The model kind is chosen with
+            ``{'train': {'parameters': {'model': {'kind': 'mace'}}}}``; a kind other than GM-NN takes its model
+            settings from the YAML's ``model_kinds`` section (its ``default`` and the protocol's entry).
         """
         data = cls._load_protocol_file()
         protocol = protocol or data['default_protocol']
@@ -260,6 +262,14 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
         preset = get_strategy(strategy).preset  # ValueError naming the choices for an unknown strategy
         # aiida-quantumespresso's merge order: default inputs, protocol, then the overrides (here preset + user's)
         inputs = cls.get_protocol_inputs(protocol, deep_merge(preset, dict(overrides or {})))
+        model = ((inputs.get('train') or {}).get('parameters') or {}).get('model') or {}
+        kind = model.get('kind', model.get('model_kind', 'gmnn'))
+        if kind != 'gmnn':
+            # another model kind: its own protocol settings replace GM-NN's, the user's model overrides on top
+            settings = data.get('model_kinds', {}).get(kind, {})
+            user = (((overrides or {}).get('train') or {}).get('parameters') or {}).get('model') or {}
+            merged = deep_merge(dict(settings.get('default') or {}), dict(settings.get(protocol) or {}))
+            inputs['train']['parameters']['model'] = deep_merge(merged, dict(user))
         builder = cls.get_builder()
         builder.code = code
         if 'energy' in structures.labels:

@@ -30,6 +30,17 @@ TINY_OVERRIDES = {
     'schedule': {'temperatures': [300, 600]},
 }
 
+#: The same campaign with a tiny MACE: only the model section differs (`kind` picks the model).
+MACE_TINY_OVERRIDES = {**TINY_OVERRIDES, 'train': {'parameters': dict(TINY_OVERRIDES['train']['parameters'])}}
+MACE_TINY_OVERRIDES['train']['parameters']['model'] = {
+    'kind': 'mace',
+    'cutoff': 4.0,
+    'channels': 4,
+    'max_ell': 1,
+    'radial_mlp': [8],
+    'mlp_width': 4,
+}
+
 
 def _copper(n: int, labelled: bool) -> DatasetData:
     structures = []
@@ -217,3 +228,86 @@ def test_accurate_stage_moves_on_to_the_next_scheduled_one(alkit_python_code):
     assert results['report']['stop_reason'] == '100% of the explored candidates are accurate'
     labels = [link.link_label for link in node.base.links.get_outgoing().all() if link.link_label.startswith('label')]
     assert labels == []
+
+
+# ---------------------------------------------------------------------------------------------------------- MACE
+def test_protocol_picks_the_model_kind(alkit_python_code):
+    """`model.kind: mace` replaces GM-NN's protocol model settings by MACE's (YAML `model_kinds`), the user's model
+    overrides on top."""
+    builder = ActiveLearningWorkChain.get_builder_from_protocol(
+        alkit_python_code,
+        _copper(2, True),
+        protocol='fast',
+        overrides={'train': {'parameters': {'model': {'kind': 'mace', 'channels': 12}}}},
+        label=_emt(alkit_python_code),
+    )
+    model = builder.train.parameters['model']
+    assert model['kind'] == 'mace' and model['channels'] == 12 and model['cutoff'] == 4.0
+    assert 'hidden_widths' not in model
+    default = ActiveLearningWorkChain.get_builder_from_protocol(alkit_python_code, _copper(2, True), protocol='fast')
+    assert default.train.parameters['model']['hidden_widths'] == [16, 16]  # GM-NN unless asked otherwise
+
+
+@pytest.mark.campaign
+def test_mace_campaign_to_its_criterion(alkit_python_code):
+    """A gradient campaign (seed 003's biased MD, calibrated stop, MaxDet) with MACE, from the protocol with the one
+    override `model.kind: mace`, runs until its round limit; every potential is a MACE potential."""
+    builder = ActiveLearningWorkChain.get_builder_from_protocol(
+        alkit_python_code,
+        _copper(6, labelled=False),
+        protocol='fast',
+        strategy='gradient',
+        overrides=MACE_TINY_OVERRIDES,
+        label=_emt(alkit_python_code),
+    )
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    rounds = results['report']['rounds']
+    assert [entry['round'] for entry in rounds] == [1, 2]
+    assert all(entry['explored'] > 0 and entry['labelled'] == 2 for entry in rounds)
+    assert results['potential'].model_kind == 'mace'
+    assert len(results['dataset']) == 6 + 2 + 2
+    explores = [n for n in node.called_descendants if n.process_label == 'ExploreCalculation']
+    assert explores and all(n.inputs.potential.model_kind == 'mace' for n in explores)
+
+
+@pytest.mark.campaign
+@pytest.mark.parametrize('strategy', ['dpgen', 'hal', 'dopt', 'random'])
+def test_one_mace_round_of_every_other_strategy(alkit_python_code, strategy):
+    overrides = deep_merge(MACE_TINY_OVERRIDES, {'max_rounds': 1})
+    if strategy == 'dpgen':  # a committee of two MACE models, every candidate inside the trust window
+        overrides = deep_merge(overrides, {'train': {'parameters': {'committee_size': 2}}})
+        overrides = deep_merge(overrides, {'select': {'parameters': {'lo': 0.0, 'hi': 100.0}}})
+    if strategy == 'hal':  # as for GM-NN: s_tol below 1/N_at stops every HAL run, its stop frame is picked
+        overrides = deep_merge(overrides, {'explore': {'parameters': {'stop': {'hal': {'s_tol': 0.01}}}}})
+    builder = ActiveLearningWorkChain.get_builder_from_protocol(
+        alkit_python_code,
+        _copper(4, labelled=True),
+        protocol='fast',
+        strategy=strategy,
+        overrides=overrides,
+        label=_emt(alkit_python_code),
+    )
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    (entry,) = results['report']['rounds']
+    assert entry['explored'] > 0 and entry['selected'] >= 1
+    assert entry['labelled'] == entry['selected'] - entry['failed_labels']
+    expected = 'mace-committee' if strategy == 'dpgen' else 'mace'
+    assert results['potential'].model_kind == expected
+
+
+def test_alkpu_with_mace_is_refused_before_any_job(alkit_python_code):
+    """RLEKF (and so KPU) is GM-NN only: the campaign says so with a 3xx exit code and runs nothing."""
+    builder = ActiveLearningWorkChain.get_builder_from_protocol(
+        alkit_python_code,
+        _copper(4, labelled=True),
+        protocol='fast',
+        strategy='alkpu',
+        overrides=MACE_TINY_OVERRIDES,
+        label=_emt(alkit_python_code),
+    )
+    _, node = run_get_node(builder)
+    assert 300 <= node.exit_status < 400
+    assert 'RLEKF' in node.exit_message and 'mace' in node.exit_message
+    assert node.called == []

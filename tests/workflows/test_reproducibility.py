@@ -18,7 +18,7 @@ from ase.build import bulk
 
 from aiida_alkit.profile import PW_CODE, ensure_resources
 
-from .test_active_learning import TINY_OVERRIDES, _copper, _emt
+from .test_active_learning import MACE_TINY_OVERRIDES, TINY_OVERRIDES, _copper, _emt
 
 ActiveLearningWorkChain = WorkflowFactory('alkit.active_learning')
 LabelWorkChain = WorkflowFactory('alkit.label')
@@ -47,15 +47,17 @@ REPLAY = textwrap.dedent(
 
 
 @pytest.mark.campaign
-def test_archive_replay_gives_the_same_selection(alkit_python_code, tmp_path):
+@pytest.mark.parametrize('model_kind', ['gmnn', 'mace'])
+def test_archive_replay_gives_the_same_selection(alkit_python_code, tmp_path, model_kind):
     from aiida.tools.archive import create_archive
 
+    overrides = MACE_TINY_OVERRIDES if model_kind == 'mace' else TINY_OVERRIDES
     builder = ActiveLearningWorkChain.get_builder_from_protocol(
         alkit_python_code,
         _copper(4, labelled=True),
         protocol='fast',
         strategy='gradient',
-        overrides={**TINY_OVERRIDES, 'max_rounds': 1},
+        overrides={**overrides, 'max_rounds': 1},
         label=_emt(alkit_python_code),
     )
     _, node = run_get_node(builder)
