@@ -1,4 +1,4 @@
-"""`alkit.train`: train a GM-NN potential (Adam, RLEKF, or an Adam committee) on a DatasetData."""
+"""`alkit.train`: train a potential (GM-NN or MACE, `model.kind`; Adam, RLEKF, or an Adam committee) on a DatasetData."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _validate_inputs(inputs: dict, _) -> str | None:
 
 
 class TrainCalculation(AlkitJobCalculation):
-    """Train a GM-NN potential with ``python -m aiida_alkit.jobs.train`` (GPU through ``parameters.device``)."""
+    """Train a potential with ``python -m aiida_alkit.jobs.train`` (GPU through ``parameters.device``)."""
 
     JOB = 'train'
 

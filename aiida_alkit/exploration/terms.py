@@ -142,7 +142,7 @@ class GradientFeatureUncertainty(_FeatureTermBase):
     ``u_i`` (eq. 3/4 on atomic features). Atom values: ``u_i`` (N,) (``atoms=True``), for the stop criterion after
     conformal calibration (:func:`calibrated`).
 
-    :param model: the GM-NN whose gradient features are used (a committee member of the potential, or its model).
+    :param model: the model whose gradient features are used (a committee member of the potential, or its model).
     :param uncertainty: a fitted :class:`~aiida_alkit.uncertainty.gp.GradientUncertainty` (its method is the
         ``kind``), or training :class:`~aiida_alkit.uncertainty.features.GradientFeatures` (fitted here with
         ``kind``, ``sigma2``, ``n_representative``). Its training features must come from the same feature map
@@ -271,7 +271,7 @@ class HALUncertainty(_FeatureTermBase):
     They cost K + 1 extra backward passes through the model per evaluation (batched with ``is_grads_batched``
     where the autograd functions allow it, else a loop); use ``atom_quantity=None`` to skip them.
 
-    :param model: the GM-NN whose features the ridge model was fitted on.
+    :param model: the model whose features the ridge model was fitted on.
     :param ridge: a fitted :class:`~aiida_alkit.uncertainty.hal.BayesianRidge` (weights eV per feature unit).
     :param committee: (K, d) committee; default ``ridge.committee_``, else ``n_members`` samples drawn with ``seed``.
     :param feature_map: the feature map of the ridge's features (default FEAT(LL) of ``model``).
@@ -468,7 +468,7 @@ class ExtrapolationGradeStop:
     the active set built by MaxVol from the training structures' features. Computing the features costs one backward
     pass per walker, so the grade is evaluated every ``check_every`` MD steps (recorded as ``gamma``, NaN between).
 
-    :param model: the GM-NN. :param active_set: an :class:`~aiida_alkit.uncertainty.doptimal.ActiveSet` fitted on
+    :param model: the model. :param active_set: an :class:`~aiida_alkit.uncertainty.doptimal.ActiveSet` fitted on
         training features of the same ``feature_map``. :param check_every: steps between two evaluations.
     """
 

@@ -1,6 +1,6 @@
 """Explore with (biased) MD driven by a trained potential: ``python -m aiida_alkit.jobs.explore <folder>``.
 
-Reads ``potential.pt`` (a GM-NN or a committee), ``seeds.npz`` (starting structures), optionally ``training.npz``
+Reads ``potential.pt`` (a model of any kind or a committee), ``seeds.npz`` (starting structures), optionally ``training.npz``
 (the training set: gradient features for selection, the minimum interatomic distance for the unphysical-frame
 check) and ``parameters.json``, e.g.::
 

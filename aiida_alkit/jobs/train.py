@@ -1,4 +1,4 @@
-"""Train a GM-NN potential (or committee): ``python -m aiida_alkit.jobs.train <folder>``.
+"""Train a potential of any model kind (or a committee): ``python -m aiida_alkit.jobs.train <folder>``.
 
 Reads ``dataset.npz`` (a :class:`~aiida_alkit.io.arrays.ConfigurationArrays`; configurations whose ``info.split``
 is ``'valid'`` form the validation set), optionally ``initial.pt`` (a potential to continue from), ``test.npz`` (a
