@@ -1,6 +1,7 @@
-"""Speed of the default GM-NN model: energy + forces per atom and step, and one Adam training epoch.
+"""Speed of the default GM-NN model (and of the default MACE model): energy + forces per atom and step, and one Adam
+training epoch.
 
-Measured in one run:
+Measured in one run, for each model asked for (``--model``):
   * ``us_per_atom_step``: wall time of one energy + forces evaluation of fcc Cu with 864 atoms (6x6x6 conventional
     cells; 108 atoms with ``--quick``) divided by the number of atoms, µs, on the CPU, including the neighbour list
     (what one MD step costs); ``per_size`` gives, for 108 and 864 atoms (32 and 108 with ``--quick``), the same
@@ -17,14 +18,39 @@ Measured in one run:
   * ``--production``: also the single Cu-6912 cell (12x12x12 conventional cells), the production MD size.
 Model: ``GMNNHyperparameters(species=['Cu'])`` (cutoff 5 Å, 9 Gaussians, 7 radial functions, d_0 = 910, 512x512,
 float32). Prints one JSON line. Target: ``us_per_atom_step`` <= 100 µs on a 2-core CPU.
+
+``--model {gmnn,mace,both}`` (default ``gmnn``: the run and its line as above). ``mace`` measures instead the campaign
+protocol's default MACE model (``active_learning.yaml``, ``model_kinds: mace: default``: cutoff 5 Å, 32 channels,
+max_ell 3, correlation 2, radial MLP 32x32; the other settings MACEHyperparameters' defaults, float64) with
+``avg_num_neighbors`` from the benchmark's training set (:meth:`MACEPotential.complete_hyperparameters`, as the train
+job does), on the same cells, training set and procedure. Every part above applies to both kinds (they only use the
+potential interface) and is measured for MACE too; building a model (and importing mace, several seconds) is outside
+every measured time. ``both`` measures GM-NN then MACE in the same process and prints one line per model, then one line
+``{"ratio_mace_over_gmnn": {...}}`` with the MACE / GM-NN ratios of that run (``us_per_atom_step``,
+``model_us_per_atom_step``, ``md_verlet_us_per_atom_step``, ``train_epoch_s``, the operator counts, and per size);
+with ``mace`` or ``both`` each model line has a ``model`` key: the kind and the hyper-parameters used.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
+import sys
 import time
+from typing import Any
+
+#: The campaign protocol's default MACE model (``active_learning.yaml``, ``model_kinds: mace: default``), kept here
+#: so that the benchmark measures a fixed model; ``avg_num_neighbors`` comes from the training set.
+MACE_PROTOCOL_DEFAULT: dict[str, Any] = {
+    'cutoff': 5.0,
+    'channels': 32,
+    'max_ell': 3,
+    'correlation': 2,
+    'radial_mlp': [32, 32],
+}
+MODEL_CHOICES = ('gmnn', 'mace', 'both')
 
 
 def copper(repeats: int, rattle: float = 0.05, seed: int = 0):
@@ -130,11 +156,28 @@ def training_set(n_configs: int):
     return ConfigurationArrays.from_atoms(structures)
 
 
-def time_training_epoch(device: str, data) -> dict[str, float]:
-    from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
+def model_hyperparameters(kind: str, data) -> Any:
+    """Hyper-parameters of the benchmarked model of a kind (``gmnn``: GM-NN's defaults; ``mace``: the protocol's
+    default MACE model), completed from the training set ``data`` as the train job does."""
+    from aiida_alkit.models.potential import MODEL_KINDS, hyperparameters_from_dict
+
+    settings = {'model_kind': kind, 'species': ['Cu'], **(MACE_PROTOCOL_DEFAULT if kind == 'mace' else {})}
+    hyperparameters = hyperparameters_from_dict(settings)
+    return MODEL_KINDS[kind].model_class().complete_hyperparameters(hyperparameters, data)
+
+
+def build_model(hyperparameters: Any, device: str):
+    """A new model; whatever building it prints (mace prints a line on import) goes to stderr, not into the JSON."""
+    from aiida_alkit.models.potential import build_potential
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return build_potential(hyperparameters, device=device)
+
+
+def time_training_epoch(hyperparameters: Any, device: str, data) -> dict[str, float]:
     from aiida_alkit.models.training import TrainingConfig, train
 
-    model = GMNN(GMNNHyperparameters(species=['Cu']), device=device)
+    model = build_model(hyperparameters, device)
     start = time.perf_counter()
     result = train(model, data, None, TrainingConfig(epochs=1, batch_size=32, valid_fraction=0.0))
     return {'train_epoch_s': result.history[1]['time_s'], 'train_total_s': time.perf_counter() - start}
@@ -174,20 +217,39 @@ def operator_counts(model, data) -> dict[str, int]:
     }
 
 
-def run(quick: bool, device_choice: str = 'all', production: bool = False) -> dict:
+def cell_repeats(quick: bool, production: bool) -> tuple[int, ...]:
+    """Conventional cells per direction of the measured Cu cells: 32/108 atoms (quick) or 108/864 (+ 6912)."""
+    sizes = (2, 3) if quick else (3, 6)
+    return (*sizes, 12) if production else sizes
+
+
+def headline_size(quick: bool) -> str:
+    """The ``per_size`` key (number of atoms) whose ``us_per_atom_step`` is the headline one."""
+    return str(4 * cell_repeats(quick, False)[1] ** 3)
+
+
+def run(
+    quick: bool,
+    device_choice: str = 'all',
+    production: bool = False,
+    kind: str = 'gmnn',
+    data=None,
+    with_model: bool = False,
+) -> dict:
+    """The report of one model kind (``data``: the training set, made here when None; ``with_model``: add the
+    ``model`` key, the kind and its hyper-parameters)."""
     import torch
 
-    from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
-
-    sizes = (2, 3) if quick else (3, 6)  # conventional cells per direction: 32/108 or 108/864 atoms
-    if production:
-        sizes = (*sizes, 12)  # Cu-6912
+    sizes = cell_repeats(quick, production)
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     if device_choice != 'all':
         devices = [d for d in devices if d == device_choice]
-    data = training_set(8 if quick else 100)
+    if data is None:
+        data = training_set(8 if quick else 100)
+    hyperparameters = model_hyperparameters(kind, data)
     report: dict = {
-        'benchmark': 'gmnn_default_model_speed',
+        'benchmark': f'{kind}_default_model_speed',
+        **({'model': {'kind': kind, 'hyperparameters': hyperparameters.to_dict()}} if with_model else {}),
         'quick': quick,
         'device': 'cpu',
         'devices': devices,
@@ -196,7 +258,7 @@ def run(quick: bool, device_choice: str = 'all', production: bool = False) -> di
         'cpu': platform.processor() or platform.machine(),
     }
     for device in devices:
-        model = GMNN(GMNNHyperparameters(species=['Cu']), device=device)
+        model = build_model(hyperparameters, device)
         prefix = '' if device == 'cpu' else f'{device}_'
         per_size = {}
         for repeats in sizes:
@@ -207,13 +269,36 @@ def run(quick: bool, device_choice: str = 'all', production: bool = False) -> di
                 for k, v in time_evaluation(model, atoms, n_repeats).items()
             }
         report[f'{prefix}per_size'] = per_size
-        report[f'{prefix}us_per_atom_step'] = per_size[str(len(copper(sizes[1])))]['us_per_atom_step']
+        report[f'{prefix}us_per_atom_step'] = per_size[headline_size(quick)]['us_per_atom_step']
         counts = operator_counts(model, data)
         report.update({f'{prefix}{k}': v for k, v in counts.items() if device == 'cuda' or 'launches' not in k})
-        report.update({f'{prefix}{k}': round(v, 3) for k, v in time_training_epoch(device, data).items()})
+        report.update(
+            {f'{prefix}{k}': round(v, 3) for k, v in time_training_epoch(hyperparameters, device, data).items()}
+        )
     report['train_configs'] = len(data)
     report['target_us_per_atom_step'] = 100.0
     return report
+
+
+def ratios(numerator: dict, denominator: dict, quick: bool) -> dict[str, Any]:
+    """``numerator / denominator`` (3 significant digits) of two reports of the same run: the per-atom step times of
+    the headline size, the training epoch and the operator counts, and the step times per size (``per_size``)."""
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or not b else float(f'{a / b:.3g}')
+
+    step_keys = ('us_per_atom_step', 'model_us_per_atom_step', 'md_verlet_us_per_atom_step')
+    result: dict[str, Any] = {}
+    for prefix in ('', 'cuda_'):
+        if f'{prefix}per_size' not in numerator or f'{prefix}per_size' not in denominator:
+            continue
+        top, bottom = numerator[f'{prefix}per_size'], denominator[f'{prefix}per_size']
+        per_size = {size: {key: ratio(top[size][key], bottom[size][key]) for key in step_keys} for size in top}
+        result.update({f'{prefix}{key}': value for key, value in per_size[headline_size(quick)].items()})
+        for key in ('train_epoch_s', 'ops_per_train_step', 'ops_per_md_step'):
+            result[f'{prefix}{key}'] = ratio(numerator.get(f'{prefix}{key}'), denominator.get(f'{prefix}{key}'))
+        result[f'{prefix}per_size'] = per_size
+    return result
 
 
 def main() -> None:
@@ -222,12 +307,25 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch default)')
     parser.add_argument('--device', choices=('all', 'cpu', 'cuda'), default='all', help='devices to measure')
     parser.add_argument('--production', action='store_true', help='also the Cu-6912 cell (production MD size)')
+    parser.add_argument(
+        '--model', choices=MODEL_CHOICES, default='gmnn', help='model kind(s) to measure (both: one line each + ratios)'
+    )
     args = parser.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    print(json.dumps(run(args.quick, args.device, args.production)))
+    if args.model == 'gmnn':
+        print(json.dumps(run(args.quick, args.device, args.production)))
+        return
+    data = training_set(8 if args.quick else 100)
+    kinds = ['gmnn', 'mace'] if args.model == 'both' else [args.model]
+    reports = {}
+    for kind in kinds:
+        reports[kind] = run(args.quick, args.device, args.production, kind, data, with_model=True)
+        print(json.dumps(reports[kind]), flush=True)
+    if args.model == 'both':
+        print(json.dumps({'ratio_mace_over_gmnn': ratios(reports['mace'], reports['gmnn'], args.quick)}))
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ from aiida_alkit.calculations.base import AlkitJobCalculation
 from aiida_alkit.data.dataset import DatasetData
 from aiida_alkit.data.potential import PotentialData
 from aiida_alkit.jobs.train import CHECKPOINT_FILE, DATASET_FILE, INITIAL_FILE, METRICS_FILE, POTENTIAL_FILE, TEST_FILE
+from aiida_alkit.models.potential import is_committee, member_kind, model_kind_of
 
 __all__ = ['TrainCalculation', 'validate_train_parameters']
 
@@ -41,6 +42,27 @@ def _validate_inputs(inputs: dict, _) -> str | None:
         missing = sorted(set(dataset.species) - set(species))
         if missing:
             return f'dataset contains {missing}, which model.species {species} lacks'
+    if 'initial_potential' in inputs:
+        return _initial_potential_problem(inputs['initial_potential'], inputs['parameters'].get_dict(), dataset)
+    return None
+
+
+def _initial_potential_problem(potential: PotentialData, parameters: dict, dataset: DatasetData) -> str | None:
+    """The warm-start potential is of the kind the parameters train, a committee exactly when they train one, and
+    knows the dataset's species."""
+    try:
+        wanted = model_kind_of(parameters.get('model') or {})
+    except ValueError:
+        return None  # the parameters' validator names it
+    kind = potential.model_kind
+    if member_kind(kind) != wanted:
+        return f'initial_potential {potential.pk} is a {kind!r} potential, but model.kind is {wanted!r}'
+    size = parameters.get('committee_size', 1)
+    if is_committee(kind) != (isinstance(size, int) and size > 1):
+        return f'initial_potential {potential.pk} ({kind!r}) does not match committee_size = {size}'
+    missing = sorted(set(dataset.species) - set(potential.species))
+    if missing:
+        return f'dataset contains {missing}, which initial_potential {potential.pk} does not know ({potential.species})'
     return None
 
 

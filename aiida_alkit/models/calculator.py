@@ -1,4 +1,4 @@
-"""ASE calculator for a GM-NN model: energy and free energy (eV), forces (eV/Å), stress (eV/Å³, ASE sign)."""
+"""ASE calculator for a model of any kind: energy and free energy (eV), forces (eV/Å), stress (eV/Å³, ASE sign)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from aiida_alkit.models.batching import batch_from_atoms
-from aiida_alkit.models.gmnn import GMNN
+from aiida_alkit.models.potential import AtomicPotential
 
-__all__ = ['GMNNCalculator']
+__all__ = ['GMNNCalculator', 'PotentialCalculator']
 
 
-class GMNNCalculator(Calculator):
-    """Evaluate a :class:`~aiida_alkit.models.gmnn.GMNN` on ASE ``Atoms``.
+class PotentialCalculator(Calculator):
+    """Evaluate a model (:class:`~aiida_alkit.models.potential.AtomicPotential`: GM-NN, MACE) on ASE ``Atoms``.
 
     Stress (Voigt order xx, yy, zz, yz, xz, xy) is provided only for structures periodic in all three directions;
     asking for it otherwise raises ASE's ``PropertyNotImplementedError``.
@@ -23,7 +23,7 @@ class GMNNCalculator(Calculator):
 
     implemented_properties: ClassVar[list[str]] = ['energy', 'free_energy', 'energies', 'forces', 'stress']
 
-    def __init__(self, model: GMNN, **kwargs: Any) -> None:
+    def __init__(self, model: AtomicPotential, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.model = model
 
@@ -48,3 +48,7 @@ class GMNNCalculator(Calculator):
         if periodic:
             stress = output['stress'][0].detach().cpu().numpy().astype(np.float64)
             self.results['stress'] = full_3x3_to_voigt_6_stress(stress)
+
+
+#: The calculator's earlier name, from when GM-NN was the only model.
+GMNNCalculator = PotentialCalculator

@@ -95,3 +95,26 @@ def test_bad_parameters_are_refused(alkit_python_code, training_set):
         _run(alkit_python_code, training_set, {'optimizer': 'rlekf', 'committee_size': 4})
     with pytest.raises(ValueError, match='lacks'):
         _run(alkit_python_code, training_set, {'model': {**TINY, 'species': ['Al']}})
+
+
+def test_a_mace_model_is_trained_by_the_job(alkit_python_code, training_set, tmp_path):
+    """`model.kind: mace` through the real job: a MACE potential node whose file loads as MACE, avg_num_neighbors
+    taken from the training set; a warm start of the other kind is refused before the job runs."""
+    from aiida_alkit.models.mace import MACEPotential
+    from aiida_alkit.models.potential import load_potential
+
+    model = {'kind': 'mace', 'cutoff': 4.0, 'channels': 4, 'max_ell': 1, 'radial_mlp': [8], 'mlp_width': 4}
+    results, node = _run(alkit_python_code, training_set, {'model': model, 'training': {'epochs': 2, 'batch_size': 4}})
+    assert node.exit_status == 0, node.exit_message
+    potential = results['potential']
+    assert potential.model_kind == 'mace'
+    loaded = load_potential(_export(potential, tmp_path))
+    assert isinstance(loaded, MACEPotential) and loaded.hyperparameters.avg_num_neighbors > 1
+    gmnn, _ = _run(alkit_python_code, training_set, {'model': TINY, 'training': {'epochs': 1, 'batch_size': 4}})
+    builder = TrainCalculation.get_builder()
+    builder.code = alkit_python_code
+    builder.dataset = training_set
+    builder.initial_potential = gmnn['potential']
+    builder.parameters = orm.Dict({'model': model, 'num_threads': 1, 'device': 'cpu'})
+    with pytest.raises(ValueError, match=r"is a 'gmnn' potential, but model\.kind is 'mace'"):
+        run_get_node(builder)

@@ -253,3 +253,15 @@ def test_mace_parameters_are_accepted():
     settings = TrainParameters.from_dict({'model': {'kind': 'mace', 'channels': 8}, 'committee_size': 2})
     assert settings.model_kind == 'mace'
     assert settings.hyperparameters(['Cu']).channels == 8
+
+
+def test_our_ase_calculator_takes_a_mace_model():
+    from aiida_alkit.models.calculator import PotentialCalculator
+
+    model = _model()
+    atoms = _alloy()
+    atoms.calc = PotentialCalculator(model)
+    out = model(model.make_batch([atoms]), compute_forces=True)
+    assert atoms.get_potential_energy() == pytest.approx(float(out['energy'][0]), rel=1e-12)
+    assert atoms.get_stress().shape == (6,)
+    np.testing.assert_allclose(atoms.get_forces(), out['forces'].detach().numpy(), rtol=1e-10)
