@@ -21,7 +21,7 @@ training energies and then trained as ``μ_Z`` (MACE keeps E0s fixed), and ``avg
 neighbour count of the training set computed by the train job (as MACE's ``--avg_num_neighbors`` default does).
 
 ``import mace`` sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` for the process, which would turn every ``torch.load``
-without an explicit ``weights_only`` into a full unpickle; :func:`_import_mace` restores the variable and every load
+without an explicit ``weights_only`` into a full unpickle; ``_import_mace`` restores the variable and every load
 of ours passes ``weights_only=True`` explicitly.
 
 Units: Å, eV, eV/Å, eV/Å³. No AiiDA import.

@@ -83,8 +83,9 @@ class GradientFeatures:
 class GradientFeatureMap:
     """A fixed gradient feature map of one model: last-layer (exact) or tensor-sketched (seeded random matrices).
 
-    Works for any model kind through its readout factors (:meth:`~aiida_alkit.models.potential.AtomicPotential.
-    readout_factors`): per linear layer of the readout, ``∂E_i/∂W = g_i ⊗ x̃_i``.
+    Works for any model kind through its readout factors
+    (:meth:`~aiida_alkit.models.potential.AtomicPotential.readout_factors`): per linear layer of the readout,
+    ``∂E_i/∂W = g_i ⊗ x̃_i``.
 
     :param model: the model (its readout's linear layers are differentiated; its representation is held fixed).
     :param kind: ``'sketch'`` (FEAT(RP), eq. 19 of ``seeds/001``) or ``'last_layer'`` (FEAT(LL), eq. 14).
