@@ -47,6 +47,7 @@ from aiida_alkit.calculations.functions import (
 )
 from aiida_alkit.data.dataset import DatasetData
 from aiida_alkit.data.potential import PotentialData, PotentialFileError
+from aiida_alkit.models.potential import model_kind_of
 from aiida_alkit.workflows.explore import ExploreWorkChain
 from aiida_alkit.workflows.label import LabelWorkChain, failure_reason, failure_record
 from aiida_alkit.workflows.labelling import deep_merge
@@ -252,8 +253,8 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
         :param label: the ``label`` namespace (engine and its code/settings), e.g.
             ``{'engine': 'ase', 'ase': {'code': code, 'calculator': 'ase.calculators.emt.EMT'}}``.
         :param overrides: nested dictionary merged last (same keys as the YAML). The model kind is chosen with
-            ``{'train': {'parameters': {'model': {'kind': 'mace'}}}}``; a kind other than GM-NN takes its model
-            settings from the YAML's ``model_kinds`` section (its ``default`` and the protocol's entry).
+            ``{'train': {'parameters': {'model': {'kind': 'mace'}}}}`` (default GM-NN); the model settings come from
+            the YAML's ``model_kinds`` section (the kind's ``default`` and its entry for the protocol).
         """
         data = cls._load_protocol_file()
         protocol = protocol or data['default_protocol']
@@ -262,14 +263,11 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
         preset = get_strategy(strategy).preset  # ValueError naming the choices for an unknown strategy
         # aiida-quantumespresso's merge order: default inputs, protocol, then the overrides (here preset + user's)
         inputs = cls.get_protocol_inputs(protocol, deep_merge(preset, dict(overrides or {})))
-        model = ((inputs.get('train') or {}).get('parameters') or {}).get('model') or {}
-        kind = model.get('kind', model.get('model_kind', 'gmnn'))
-        if kind != 'gmnn':
-            # another model kind: its own protocol settings replace GM-NN's, the user's model overrides on top
-            settings = data.get('model_kinds', {}).get(kind, {})
-            user = (((overrides or {}).get('train') or {}).get('parameters') or {}).get('model') or {}
-            merged = deep_merge(dict(settings.get('default') or {}), dict(settings.get(protocol) or {}))
-            inputs['train']['parameters']['model'] = deep_merge(merged, dict(user))
+        # the model section: the chosen kind's protocol settings (YAML `model_kinds`), the user's model on top
+        user_model = dict(((inputs.get('train') or {}).get('parameters') or {}).get('model') or {})
+        settings = data.get('model_kinds', {}).get(model_kind_of(user_model), {})
+        model = deep_merge(dict(settings.get('default') or {}), dict(settings.get(protocol) or {}))
+        inputs.setdefault('train', {}).setdefault('parameters', {})['model'] = deep_merge(model, user_model)
         builder = cls.get_builder()
         builder.code = code
         if 'energy' in structures.labels:
