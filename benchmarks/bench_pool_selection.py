@@ -53,6 +53,20 @@ decayed linearly to zero, mini-batches of 4, early stopping on the validation se
 restored); 128 epochs (seed 001: a fixed number of epochs) but at least 1600 optimiser steps, i.e. 1600 steps for
 20 and 40 labels, then 32 steps per label (3200 for 100, 6400 for 200). One CPU thread per process.
 
+``--model mace``: the same protocol (data, test set, label schedule, methods, seeds, optimiser steps, mini-batches,
+early stopping, feature sketch) with the campaign's ``fast`` MACE instead of GM-NN (:data:`MACE_MODEL`,
+``MACEHyperparameters``: cutoff 4 Å as the GM-NN, 8 channels, max_L 0, max_ell 2, correlation 2, 2 interactions,
+8 Bessel functions, radial MLP 16, readout width 8, float32 as the GM-NN; 1945 parameters against GM-NN's 4146).
+``avg_num_neighbors`` is set every round from that round's training set (``MACEPotential.complete_hyperparameters``,
+the train job's rule; about 18 at 4 Å), so it may differ slightly between methods at equal labels; the initial
+weights still depend on the seed and round only. Learning rates: the same as GM-NN's, seed 001's rates times 3
+(0.09, 0.06, 0.15; MACE's ``scale`` group is empty): the project's MACE defaults are GM-NN's paper rates, so this is
+the same x 3 scaling. The settings were checked for GM-NN only (``--convergence-check`` refuses ``--model mace``).
+Every round's line then also holds ``model_kind`` and ``hyperparameters`` (with the round's seed, committee member
+k: seed + k, and avg_num_neighbors), the summary ``model_kind``, ``hyperparameters`` and ``settings.model_kind``;
+GM-NN's lines keep their keys. The plot defaults to ``out/pool_selection_mace.png``; ``--resume`` refuses lines of
+the other model. ``--quick --model mace``: a smaller MACE (:data:`MACE_QUICK_MODEL`).
+
 Settings check (``--convergence-check``; random pool frames, seed 0; overall test force RMSE, meV/Å, on the test
 set above; the lines are in ``benchmarks/results/pool_selection_convergence_check_2026-11-27.jsonl``):
 
@@ -120,7 +134,12 @@ about 10 h with ``--jobs 1`` and 5 h with ``--jobs 2`` when the cores are otherw
 (the committee curves take 4/9 of it; ``--methods`` runs a subset, ``--epochs`` trains shorter or longer).
 ``--quick``: a tiny pool and test set (208 + 8 + 28 frames), a tiny model, at least 24 steps (6 epochs),
 8 + 2 x 6 labels, every method, one seed, about 1.5 min: the smoke test of
-``tests/benchmarks/test_bench_pool_selection.py``.
+``tests/benchmarks/test_bench_pool_selection.py`` (``--quick --model mace``: about 1.5 CPU min, not in the tests).
+The 2026-11-27 GM-NN run took 3.9 h of CPU (11-12 ms per optimiser step, a curve 400-435 CPU s). ``--model mace``
+costs 4-4.7 times GM-NN per step at 100 labels (64-71 against 15-16 ms, 200 and 400 steps, one thread, on a loaded
+2-core machine) and about 3 times at 20 labels (88 against 29 ms: validation after every 5 steps), about 29 CPU min a
+curve: about 16 h of CPU for the full run, 1.5 h for random, lcmd_feat and maxdet_gp at seed 0 (with ``--jobs 2``
+about 1 h of wall time plus the MD when two cores are idle).
 """
 
 from __future__ import annotations
@@ -146,6 +165,17 @@ FRICTION_PER_FS = 0.02
 MELT_TEMPERATURE_K = 4000.0  # the melt runs first melt their cell at this temperature (Settings.melt_steps)
 DEFAULT_CACHE = pathlib.Path('/tmp/alkit_bench_pool_selection')
 DEFAULT_PLOT = pathlib.Path(__file__).resolve().parent / 'out' / 'pool_selection.png'
+DEFAULT_PLOT_MACE = pathlib.Path(__file__).resolve().parent / 'out' / 'pool_selection_mace.png'
+#: ``--model mace``: the campaign's ``fast`` protocol MACE (cutoff 4 Å as the benchmark's GM-NN; float32 as it)
+MACE_MODEL: tuple[tuple[str, Any], ...] = (
+    ('cutoff', 4.0), ('channels', 8), ('max_ell', 2), ('radial_mlp', (16,)), ('mlp_width', 8), ('correlation', 2),
+    ('dtype', 'float32'),
+)  # fmt: skip
+#: ``--model mace --quick``: a smaller MACE for the smoke test
+MACE_QUICK_MODEL: tuple[tuple[str, Any], ...] = (
+    ('cutoff', 4.0), ('channels', 4), ('max_ell', 1), ('radial_mlp', (8,)), ('mlp_width', 4), ('correlation', 2),
+    ('num_bessel', 4), ('dtype', 'float32'),
+)  # fmt: skip
 
 
 def log(message: str) -> None:
@@ -263,6 +293,7 @@ class Settings:
     batch_size: int = 20
     max_labels: int = 200
     model: tuple[tuple[str, Any], ...] = (('cutoff', 4.0), ('n_basis', 5), ('n_radial', 3), ('hidden_widths', (32, 32)))
+    model_kind: str = 'gmnn'  # 'mace' (--model mace): ``model`` then holds MACEHyperparameters overrides
     epochs: int = 128  # Adam epochs per training (seed 001: a fixed number of epochs) ...
     min_steps: int = 1600  # ... but at least this many optimiser steps (the small early training sets)
     train_batch_size: int = 4
@@ -299,6 +330,23 @@ class Settings:
         text += repr(conditions(self.frames_scale)) + f'{LATTICE} {TIMESTEP_FS} {FRICTION_PER_FS}'
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def with_model(self, kind: str, quick: bool = False) -> Settings:
+        """These settings with the model of ``kind`` (``gmnn``: unchanged; ``mace``: :data:`MACE_MODEL`, or
+        :data:`MACE_QUICK_MODEL` in quick mode)."""
+        if kind == 'gmnn':
+            return self
+        if kind != 'mace':
+            raise ValueError(f'unknown model kind {kind!r}')
+        return dataclasses.replace(self, model_kind='mace', model=MACE_QUICK_MODEL if quick else MACE_MODEL)
+
+    def hyperparameters(self, **overrides: Any) -> Any:
+        """The hyper-parameter object of the benchmark's model (species Cu; MACE: ``avg_num_neighbors`` None until
+        ``complete_hyperparameters`` sets it from a training set)."""
+        from aiida_alkit.models.potential import hyperparameters_from_dict
+
+        values = {key: list(value) if isinstance(value, tuple) else value for key, value in self.model}
+        return hyperparameters_from_dict({'model_kind': self.model_kind, 'species': ['Cu'], **values, **overrides})
+
     def label_counts(self) -> list[int]:
         """Labels of the training set of every round: n_initial, + batch_size ... up to max_labels."""
         counts = [self.n_initial]
@@ -315,6 +363,8 @@ class Settings:
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data['model'] = {key: list(value) if isinstance(value, tuple) else value for key, value in self.model}
+        if self.model_kind == 'gmnn':
+            del data['model_kind']  # the GM-NN output keeps the keys it had before --model existed
         data['label_counts'] = self.label_counts()
         data['conditions'] = [dataclasses.asdict(c) for c in conditions(self.frames_scale)]
         return data
@@ -411,6 +461,7 @@ def training_config(settings: Settings, n_train: int, seed: int, device: str = '
     return TrainingConfig(
         epochs=settings.epochs_for(n_train),
         batch_size=settings.train_batch_size,
+        # both kinds: seed 001's GM-NN rates x lr_scale (the MACE defaults are those rates; its 'scale' group is empty)
         learning_rates={group: settings.lr_scale * rate for group, rate in PAPER_LEARNING_RATES.items()},
         stress_weight=0.0,  # energies and forces only (seed 001 eq. 5); the frames carry no stress
         valid_fraction=0.0,  # the fixed validation set is passed explicitly
@@ -505,7 +556,7 @@ def run_campaign(task: tuple[str, int, Settings, str, str, list[dict[str, Any]]]
 
     from aiida_alkit.io.arrays import ConfigurationArrays
     from aiida_alkit.models.committee import Committee
-    from aiida_alkit.models.gmnn import GMNN, GMNNHyperparameters
+    from aiida_alkit.models.potential import MODEL_KINDS
     from aiida_alkit.models.training import GraphDataset, train
     from aiida_alkit.selection.api import select
     from aiida_alkit.selection.greedy import max_diag
@@ -513,10 +564,18 @@ def run_campaign(task: tuple[str, int, Settings, str, str, list[dict[str, Any]]]
 
     method, seed, settings, folder, device, done = task
     torch.set_num_threads(1)
+    if settings.model_kind == 'mace':  # mace-torch prints a notice on import: keep stdout JSON lines only
+        import contextlib
+
+        from aiida_alkit.models.mace import _import_mace
+
+        with contextlib.redirect_stdout(sys.stderr):
+            _import_mace()
     started = time.perf_counter()
     sets = {name: ConfigurationArrays.load(pathlib.Path(folder) / f'{name}.npz') for name in ('pool', 'valid', 'test')}
     pool, valid = sets['pool'], sets['valid']
-    base = GMNNHyperparameters(species=['Cu'], **dict(settings.model))
+    base = settings.hyperparameters()
+    model_class = MODEL_KINDS[base.model_kind].model_class()
     dtype = base.torch_dtype
     graphs = condition_graphs(sets['test'], base, device, dtype)
     pool_graph = GraphDataset.from_configurations(pool, base.species, base.cutoff, device, dtype)
@@ -535,6 +594,8 @@ def run_campaign(task: tuple[str, int, Settings, str, str, list[dict[str, Any]]]
         model_seed = _seed(seed, 5, round_index) % 2**31  # the same initialisation for every method at one seed
         config = training_config(settings, len(labelled_set), model_seed, device)
         hyperparameters = dataclasses.replace(base, seed=model_seed)
+        # MACE: avg_num_neighbors from this round's training set, as the train job does (GM-NN: unchanged)
+        hyperparameters = model_class.complete_hyperparameters(hyperparameters, labelled_set)
         tick, tick_cpu = time.perf_counter(), time.process_time()
         if selection_kind == 'qbc':
             committee = Committee(hyperparameters, n_members=settings.committee_size)
@@ -544,7 +605,7 @@ def run_campaign(task: tuple[str, int, Settings, str, str, list[dict[str, Any]]]
             best_epochs = [result.best_epoch for result in results]
             model = committee
         else:
-            model = GMNN(hyperparameters)
+            model = model_class(hyperparameters)
             best_epochs = [train(model, labelled_set, valid, config).best_epoch]
             errors, extra = test_errors(model, graphs), {}
         train_s, train_cpu_s = time.perf_counter() - tick, time.process_time() - tick_cpu
@@ -554,6 +615,7 @@ def run_campaign(task: tuple[str, int, Settings, str, str, list[dict[str, Any]]]
             'seed': seed,
             'round': round_index,
             'labels': len(labelled),
+            **model_fields(settings, hyperparameters),
             **error_fields(errors),
             'errors_of': 'mean over the committee members' if selection_kind == 'qbc' else 'model',
             **extra,
@@ -598,6 +660,14 @@ def run_campaign(task: tuple[str, int, Settings, str, str, list[dict[str, Any]]]
             f'E {record["energy_rmse_mev_per_atom"]:.2f} meV/atom; train {train_s:.0f} s'
         )
     return records
+
+
+def model_fields(settings: Settings, hyperparameters: Any) -> dict[str, Any]:
+    """The model of a round's record: nothing for GM-NN (its records keep their keys); for MACE the kind and the
+    hyper-parameters (this round's seed and avg_num_neighbors; committee member k has seed + k)."""
+    if settings.model_kind == 'gmnn':
+        return {}
+    return {'model_kind': settings.model_kind, 'hyperparameters': hyperparameters.to_dict()}
 
 
 def _counts(values: np.ndarray) -> dict[str, int]:
@@ -742,8 +812,9 @@ def summarise(records: list[dict[str, Any]], settings: Settings) -> dict[str, An
     return out
 
 
-def plot_curves(records: list[dict[str, Any]], target: float | None, path: pathlib.Path) -> None:
-    """Overall and worst-condition test force RMSE against labels, mean ± std over seeds, log-log."""
+def plot_curves(records: list[dict[str, Any]], target: float | None, path: pathlib.Path, model: str = '') -> None:
+    """Overall and worst-condition test force RMSE against labels, mean ± std over seeds, log-log (``model``: a
+    note after the title)."""
     import matplotlib
     import matplotlib.ticker
 
@@ -773,7 +844,7 @@ def plot_curves(records: list[dict[str, Any]], target: float | None, path: pathl
         axis.grid(alpha=0.3, which='both')
     axes[0].legend(fontsize=8)
     n_seeds = max(len(curve['seeds']) for curve in curves.values())
-    figure.suptitle(f'EMT Cu MD pool: batch active learning vs random, mean ± std over {n_seeds} seed(s)')
+    figure.suptitle(f'EMT Cu MD pool: batch active learning vs random, mean ± std over {n_seeds} seed(s){model}')
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
@@ -900,7 +971,7 @@ def resumed_records(
 ) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """Finished rounds of an interrupted run, {(method, seed): records in round order}: only rounds that follow on
     from each other from round 0 (a gap ends a campaign's resumable part). Refuses a file written with other
-    settings (its summary's settings, or its label counts, differ)."""
+    settings (its summary's settings, or its label counts, differ) or with another model kind (``--model``)."""
     if path is None:
         return {}
     counts = settings.label_counts()
@@ -912,9 +983,13 @@ def resumed_records(
         if record.get('summary'):
             if record.get('settings', {}).get('label_counts', counts) != counts:
                 raise SystemExit(f'{path}:{number}: written with other settings; cannot resume from it')
+            if record.get('settings', {}).get('model_kind', 'gmnn') != settings.model_kind:
+                raise SystemExit(f'{path}:{number}: written with another --model; cannot resume from it')
             continue
         if record.get('benchmark') != 'pool_selection' or 'train_indices' not in record:
             continue
+        if record.get('model_kind', 'gmnn') != settings.model_kind:  # GM-NN records have no model_kind
+            raise SystemExit(f'{path}:{number}: written with another --model; cannot resume from it')
         if record['method'] not in methods or record['seed'] not in seeds:
             continue
         if record.get('data_key') != settings.data_key():
@@ -957,7 +1032,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--seeds', type=int, nargs='+', default=None, help='method seeds (default 0 1 2; quick: 0)')
     parser.add_argument('--methods', default=','.join(METHODS), help='comma-separated subset of the methods')
     parser.add_argument('--jobs', type=int, default=1, help='campaigns (or MD runs) at the same time, one core each')
-    parser.add_argument('--plot', type=pathlib.Path, default=DEFAULT_PLOT, help='learning-curve PNG')
+    parser.add_argument(
+        '--model', choices=('gmnn', 'mace'), default='gmnn',
+        help="the model of every round: GM-NN (the benchmark's) or the campaign's fast MACE (see the docstring)",
+    )  # fmt: skip
+    parser.add_argument(
+        '--plot', type=pathlib.Path, default=None,
+        help=f'learning-curve PNG (default {DEFAULT_PLOT}; --model mace: {DEFAULT_PLOT_MACE.name} there)',
+    )  # fmt: skip
     parser.add_argument(
         '--epochs', type=int, default=None,
         help='epochs per training for every method (default: the settings check\'s choice, see the docstring)',
@@ -988,7 +1070,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--check-tolerance', type=float, default=0.05)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    settings = Settings.quick() if args.quick else Settings()
+    settings = (Settings.quick() if args.quick else Settings()).with_model(args.model, quick=args.quick)
+    if args.plot is None:
+        args.plot = DEFAULT_PLOT_MACE if args.model == 'mace' else DEFAULT_PLOT
+    if args.convergence_check and args.model != 'gmnn':
+        parser.error('--convergence-check is the GM-NN settings check; it has no --model mace')
     if args.epochs is not None:
         settings = dataclasses.replace(settings, epochs=args.epochs)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
@@ -1059,7 +1145,7 @@ def main(argv: list[str] | None = None) -> None:
 
     records.sort(key=lambda r: (methods.index(r['method']), r['seed'], r['labels']))
     out = summarise(records, settings)
-    plot_curves(records, out.get('target_force_rmse_mev_per_ang'), args.plot)
+    plot_curves(records, out.get('target_force_rmse_mev_per_ang'), args.plot, ' (MACE)' if args.model == 'mace' else '')
     out.update(
         {
             'quick': args.quick,
@@ -1083,6 +1169,10 @@ def main(argv: list[str] | None = None) -> None:
             'settings': settings.as_dict(),
         }
     )
+    if args.model != 'gmnn':  # GM-NN's summary keeps its keys
+        out['model_kind'] = args.model
+        out['hyperparameters'] = settings.hyperparameters().to_dict()
+        out['avg_num_neighbors'] = "from each round's training set (the train job's rule), in each round's line"
     emit(out)
 
 

@@ -120,3 +120,8 @@ def test_quick_mode_runs_every_method(tmp_path):
     refused = subprocess.run([*command, '--resume', str(partial), '--summary-only'], capture_output=True, text=True,
                              timeout=600, check=False)  # fmt: skip
     assert refused.returncode != 0 and 'no seed of [0] has every campaign finished' in refused.stderr
+
+    # --model mace does not go on from GM-NN lines (refused before any training: about a second)
+    other = subprocess.run([*command, '--model', 'mace', '--resume', str(full)], capture_output=True, text=True,
+                           timeout=600, check=False)  # fmt: skip
+    assert other.returncode != 0 and 'written with another --model' in other.stderr
