@@ -28,8 +28,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from torch import nn
 
 from aiida_alkit.models._moments import InvariantPlan, NeighbourLayout, cached_layout, padded_moments
 from aiida_alkit.models.batching import Batch
-from aiida_alkit.models.potential import AtomicPotential, ReadoutLayer
+from aiida_alkit.models.potential import AtomicPotential, HyperparametersMixin, ReadoutLayer, fit_energy_shift
 
 __all__ = [
     'CONTRACTIONS',
@@ -95,7 +95,7 @@ def n_gaussian_moment_features(n_radial: int, max_moment: int = 3) -> int:
 
 
 @dataclass
-class GMNNHyperparameters:
+class GMNNHyperparameters(HyperparametersMixin):
     """Hyper-parameters of a GM-NN model (defaults: the papers' settings).
 
     :param species: element symbols the model knows; their order is the species index.
@@ -145,30 +145,12 @@ class GMNNHyperparameters:
         settings.update(overrides)
         return cls(species=list(species), **settings)
 
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return torch.float64 if self.dtype == 'float64' else torch.float32
+    KIND: ClassVar[str] = 'gmnn'
 
     @property
     def n_features(self) -> int:
         """Number of invariant input features d_0."""
         return n_gaussian_moment_features(self.n_radial, self.max_moment)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dictionary (includes ``model_kind``, ``species`` and ``cutoff``)."""
-        data = asdict(self)
-        data['hidden_widths'] = list(self.hidden_widths)
-        data['model_kind'] = self.model_kind
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GMNNHyperparameters:
-        """Inverse of :meth:`to_dict`; keys this class does not know are ignored."""
-        kind = data.get('model_kind', 'gmnn')
-        if kind != 'gmnn':
-            raise ValueError(f'hyper-parameters are for model kind {kind!r}, not gmnn')
-        names = {item.name for item in fields(cls) if item.init}
-        return cls(**{key: value for key, value in data.items() if key in names})
 
 
 def count_species(numbers: np.ndarray, offsets: np.ndarray, species: Sequence[str]) -> np.ndarray:
@@ -353,15 +335,7 @@ class GMNN(AtomicPotential):
         :param species_counts: (K, n_species) element counts (order of :attr:`species`).
         :return: ``{'shift': w (eV per atom, list), 'energy_scale': c, 'rmse_per_atom': RMSE}``.
         """
-        energy = np.asarray(torch.as_tensor(energies).detach().cpu(), dtype=np.float64).reshape(-1)
-        counts = np.asarray(torch.as_tensor(species_counts).detach().cpu(), dtype=np.float64)
-        counts = counts.reshape(len(energy), len(self.species))
-        if len(energy) == 0:
-            raise ValueError('fit_shift needs at least one structure')
-        weights, *_ = np.linalg.lstsq(counts, energy, rcond=None)
-        residual = (energy - counts @ weights) / counts.sum(axis=1)
-        rmse = float(np.sqrt(np.mean(residual**2)))
-        scale = rmse if rmse >= min_scale else 1.0
+        weights, scale, rmse = fit_energy_shift(energies, species_counts, min_scale)
         with torch.no_grad():
             self.energy_scale.fill_(scale)
             self.atomic_shift.copy_(torch.as_tensor(weights / scale, dtype=self.dtype))

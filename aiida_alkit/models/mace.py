@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from aiida_alkit.models.batching import Batch
-from aiida_alkit.models.potential import AtomicPotential, ReadoutLayer
+from aiida_alkit.models.potential import AtomicPotential, HyperparametersMixin, ReadoutLayer, fit_energy_shift
 
 __all__ = ['MACEHyperparameters', 'MACEPotential', 'average_neighbors']
 
@@ -67,7 +67,7 @@ def _import_mace() -> Any:
 
 
 @dataclass
-class MACEHyperparameters:
+class MACEHyperparameters(HyperparametersMixin):
     """Hyper-parameters of a MACE model (defaults: a small model that trains in seconds on two cores).
 
     :param species: element symbols; their order is the species index (and MACE's ``atomic_numbers`` order).
@@ -137,28 +137,8 @@ class MACEHyperparameters:
         settings.update(overrides)
         return cls(species=list(species), **settings)
 
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return torch.float64 if self.dtype == 'float64' else torch.float32
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dictionary (includes ``model_kind``, ``species`` and ``cutoff``)."""
-        data = asdict(self)
-        data['radial_mlp'] = list(self.radial_mlp)
-        data['model_kind'] = self.model_kind
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MACEHyperparameters:
-        """Inverse of :meth:`to_dict`; keys this class does not know are refused (a typo would be silent)."""
-        kind = data.get('model_kind', 'mace')
-        if kind != 'mace':
-            raise ValueError(f'hyper-parameters are for model kind {kind!r}, not mace')
-        names = {item.name for item in fields(cls) if item.init}
-        unknown = sorted(set(data) - names - {'model_kind'})
-        if unknown:
-            raise ValueError(f'unknown MACE hyper-parameters {unknown}; known: {sorted(names)}')
-        return cls(**{key: value for key, value in data.items() if key in names})
+    KIND: ClassVar[str] = 'mace'
+    STRICT: ClassVar[bool] = True  # a typo in a MACE setting is an error, not a silent default
 
 
 class MACEPotential(AtomicPotential):
@@ -273,15 +253,7 @@ class MACEPotential(AtomicPotential):
     ) -> dict[str, Any]:
         """μ_Z and c from a least-squares fit of the total energies on the element counts (GM-NN's eq. 4 with
         σ_Z = 1): c = per-atom RMSE of the fit (1 eV when below ``min_scale``), μ_Z = w_Z / c."""
-        energy = np.asarray(torch.as_tensor(energies).detach().cpu(), dtype=np.float64).reshape(-1)
-        counts = np.asarray(torch.as_tensor(species_counts).detach().cpu(), dtype=np.float64)
-        counts = counts.reshape(len(energy), len(self.species))
-        if len(energy) == 0:
-            raise ValueError('fit_shift needs at least one structure')
-        weights, *_ = np.linalg.lstsq(counts, energy, rcond=None)
-        residual = (energy - counts @ weights) / counts.sum(axis=1)
-        rmse = float(np.sqrt(np.mean(residual**2)))
-        scale = rmse if rmse >= min_scale else 1.0
+        weights, scale, rmse = fit_energy_shift(energies, species_counts, min_scale)
         with torch.no_grad():
             self.energy_scale.fill_(scale)
             self.atomic_shift.copy_(torch.as_tensor(weights / scale, dtype=self.atomic_shift.dtype))

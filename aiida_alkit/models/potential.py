@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -40,11 +40,13 @@ __all__ = [
     'MODEL_KINDS',
     'AtomicPotential',
     'Hyperparameters',
+    'HyperparametersMixin',
     'ModelKind',
     'ReadoutLayer',
     'build_potential',
     'committee_kind',
     'default_learning_rates',
+    'fit_energy_shift',
     'hyperparameters_from_dict',
     'is_committee',
     'load_potential',
@@ -69,6 +71,53 @@ class Hyperparameters(Protocol):
 
     @property
     def torch_dtype(self) -> torch.dtype: ...
+
+
+class HyperparametersMixin:
+    """The JSON round trip and the torch dtype every hyper-parameter dataclass shares (it sets :attr:`KIND`; with
+    :attr:`STRICT` its ``from_dict`` refuses keys it does not know instead of ignoring them)."""
+
+    KIND: ClassVar[str] = ''
+    STRICT: ClassVar[bool] = False
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float64 if self.dtype == 'float64' else torch.float32  # type: ignore[attr-defined]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dictionary (tuples as lists; includes ``model_kind``, ``species`` and ``cutoff``)."""
+        data = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}  # type: ignore[call-overload]
+        data['model_kind'] = self.KIND
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """Inverse of :meth:`to_dict`; a ValueError for another kind's hyper-parameters."""
+        kind = data.get('model_kind', cls.KIND)
+        if kind != cls.KIND:
+            raise ValueError(f'hyper-parameters are for model kind {kind!r}, not {cls.KIND}')
+        names = {item.name for item in fields(cls) if item.init}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names - {'model_kind'})
+        if cls.STRICT and unknown:
+            raise ValueError(f'unknown {cls.KIND} hyper-parameters {unknown}; known: {sorted(names)}')
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+def fit_energy_shift(
+    energies: np.ndarray | torch.Tensor, species_counts: np.ndarray | torch.Tensor, min_scale: float = 1e-3
+) -> tuple[np.ndarray, float, float]:
+    """Least squares ``E_k ≈ Σ_Z n_kZ w_Z`` over the structures k (seeds/001 eq. 4's shift): the per-element energies
+    w (eV), the energy scale c = per-atom RMSE of the fit (eV; 1 eV when below ``min_scale``, i.e. when the data say
+    nothing about the scale, e.g. fewer structures than elements) and that RMSE."""
+    energy = np.asarray(torch.as_tensor(energies).detach().cpu(), dtype=np.float64).reshape(-1)
+    counts = np.asarray(torch.as_tensor(species_counts).detach().cpu(), dtype=np.float64)
+    if len(energy) == 0:
+        raise ValueError('fit_shift needs at least one structure')
+    counts = counts.reshape(len(energy), -1)
+    weights, *_ = np.linalg.lstsq(counts, energy, rcond=None)
+    residual = (energy - counts @ weights) / counts.sum(axis=1)
+    rmse = float(np.sqrt(np.mean(residual**2)))
+    return weights, (rmse if rmse >= min_scale else 1.0), rmse
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,7 @@ from aiida_alkit.models.serialization import PotentialFileError, load_potential_
 from aiida_alkit.models.training import TrainingConfig, evaluate_errors, train
 from aiida_alkit.uncertainty.features import GradientFeatureMap, compute_features
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _model(seed: int = 0, **overrides) -> MACEPotential:

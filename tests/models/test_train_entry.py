@@ -25,12 +25,7 @@ from .test_training import _copper
 RLEKF_SETTINGS = RLEKFConfig(block_size=256, p0=1.0e4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')

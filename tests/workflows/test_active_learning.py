@@ -231,6 +231,13 @@ def test_accurate_stage_moves_on_to_the_next_scheduled_one(alkit_python_code):
 
 
 # ---------------------------------------------------------------------------------------------------------- MACE
+def _mace_builder(code, structures: DatasetData, strategy: str, overrides: dict):
+    """A `fast` campaign of ``strategy`` on ``structures`` with EMT labels (MACE through ``overrides``)."""
+    return ActiveLearningWorkChain.get_builder_from_protocol(
+        code, structures, protocol='fast', strategy=strategy, overrides=overrides, label=_emt(code)
+    )
+
+
 def test_protocol_picks_the_model_kind(alkit_python_code):
     """`model.kind: mace` replaces GM-NN's protocol model settings by MACE's (YAML `model_kinds`), the user's model
     overrides on top."""
@@ -252,14 +259,7 @@ def test_protocol_picks_the_model_kind(alkit_python_code):
 def test_mace_campaign_to_its_criterion(alkit_python_code):
     """A gradient campaign (seed 003's biased MD, calibrated stop, MaxDet) with MACE, from the protocol with the one
     override `model.kind: mace`, runs until its round limit; every potential is a MACE potential."""
-    builder = ActiveLearningWorkChain.get_builder_from_protocol(
-        alkit_python_code,
-        _copper(6, labelled=False),
-        protocol='fast',
-        strategy='gradient',
-        overrides=MACE_TINY_OVERRIDES,
-        label=_emt(alkit_python_code),
-    )
+    builder = _mace_builder(alkit_python_code, _copper(6, labelled=False), 'gradient', MACE_TINY_OVERRIDES)
     results, node = run_get_node(builder)
     assert node.is_finished_ok, node.exit_message
     rounds = results['report']['rounds']
@@ -280,14 +280,7 @@ def test_one_mace_round_of_every_other_strategy(alkit_python_code, strategy):
         overrides = deep_merge(overrides, {'select': {'parameters': {'lo': 0.0, 'hi': 100.0}}})
     if strategy == 'hal':  # as for GM-NN: s_tol below 1/N_at stops every HAL run, its stop frame is picked
         overrides = deep_merge(overrides, {'explore': {'parameters': {'stop': {'hal': {'s_tol': 0.01}}}}})
-    builder = ActiveLearningWorkChain.get_builder_from_protocol(
-        alkit_python_code,
-        _copper(4, labelled=True),
-        protocol='fast',
-        strategy=strategy,
-        overrides=overrides,
-        label=_emt(alkit_python_code),
-    )
+    builder = _mace_builder(alkit_python_code, _copper(4, labelled=True), strategy, overrides)
     results, node = run_get_node(builder)
     assert node.is_finished_ok, node.exit_message
     (entry,) = results['report']['rounds']
@@ -299,14 +292,7 @@ def test_one_mace_round_of_every_other_strategy(alkit_python_code, strategy):
 
 def test_alkpu_with_mace_is_refused_before_any_job(alkit_python_code):
     """RLEKF (and so KPU) is GM-NN only: the campaign says so with a 3xx exit code and runs nothing."""
-    builder = ActiveLearningWorkChain.get_builder_from_protocol(
-        alkit_python_code,
-        _copper(4, labelled=True),
-        protocol='fast',
-        strategy='alkpu',
-        overrides=MACE_TINY_OVERRIDES,
-        label=_emt(alkit_python_code),
-    )
+    builder = _mace_builder(alkit_python_code, _copper(4, labelled=True), 'alkpu', MACE_TINY_OVERRIDES)
     _, node = run_get_node(builder)
     assert 300 <= node.exit_status < 400
     assert 'RLEKF' in node.exit_message and 'mace' in node.exit_message
