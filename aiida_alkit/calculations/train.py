@@ -10,7 +10,6 @@ from aiida_alkit.calculations.base import AlkitJobCalculation
 from aiida_alkit.data.dataset import DatasetData
 from aiida_alkit.data.potential import PotentialData
 from aiida_alkit.jobs.train import CHECKPOINT_FILE, DATASET_FILE, INITIAL_FILE, METRICS_FILE, POTENTIAL_FILE, TEST_FILE
-from aiida_alkit.models.potential import is_committee, member_kind, model_kind_of
 
 __all__ = ['TrainCalculation', 'validate_train_parameters']
 
@@ -48,18 +47,12 @@ def _validate_inputs(inputs: dict, _) -> str | None:
 
 
 def _initial_potential_problem(potential: PotentialData, parameters: dict, dataset: DatasetData) -> str | None:
-    """The warm-start potential is of the kind the parameters train, a committee exactly when they train one, and
-    knows the dataset's species."""
-    try:
-        wanted = model_kind_of(parameters.get('model') or {})
-    except ValueError:
-        return None  # the parameters' validator names it
-    kind = potential.model_kind
-    if member_kind(kind) != wanted:
-        return f'initial_potential {potential.pk} is a {kind!r} potential, but model.kind is {wanted!r}'
-    size = parameters.get('committee_size', 1)
-    if is_committee(kind) != (isinstance(size, int) and size > 1):
-        return f'initial_potential {potential.pk} ({kind!r}) does not match committee_size = {size}'
+    """The warm-start potential suits the training the parameters ask for and knows the dataset's species."""
+    from aiida_alkit.jobs.train_parameters import warm_start_problem  # imports torch: only when validating
+
+    problem = warm_start_problem(potential.model_kind, parameters)
+    if problem:
+        return f'initial_potential {potential.pk}: {problem}'
     missing = sorted(set(dataset.species) - set(potential.species))
     if missing:
         return f'dataset contains {missing}, which initial_potential {potential.pk} does not know ({potential.species})'

@@ -18,11 +18,24 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from aiida_alkit.jobs.common import GRANTED_CORES_KEY, ParameterError
-from aiida_alkit.models.potential import MODEL_KINDS, hyperparameters_from_dict, is_committee, model_kind_of
+from aiida_alkit.models.potential import (
+    MODEL_KINDS,
+    hyperparameters_from_dict,
+    is_committee,
+    member_kind,
+    model_kind_of,
+)
 from aiida_alkit.models.rlekf import RLEKFConfig
 from aiida_alkit.models.training import TrainingConfig
 
-__all__ = ['KPUTrainedParameters', 'ParameterError', 'RLEKFParameters', 'TrainParameters', 'train_problem']
+__all__ = [
+    'KPUTrainedParameters',
+    'ParameterError',
+    'RLEKFParameters',
+    'TrainParameters',
+    'train_problem',
+    'warm_start_problem',
+]
 
 
 def _is_number(value: Any) -> bool:
@@ -224,4 +237,20 @@ def train_problem(parameters: Mapping[str, Any]) -> str | None:
         TrainParameters.from_dict(parameters)
     except ParameterError as exc:
         return str(exc)
+    return None
+
+
+def warm_start_problem(potential_kind: str, parameters: Mapping[str, Any]) -> str | None:
+    """Why a potential of ``potential_kind`` cannot start the training that the train ``parameters`` ask for (a
+    model of another kind, or a committee where they train one model and the reverse), or None. Problems of the
+    parameters themselves are :func:`train_problem`'s to report."""
+    try:
+        wanted = model_kind_of(parameters.get('model') or {})
+    except ValueError:
+        return None
+    if member_kind(potential_kind) != wanted:
+        return f'it is a {potential_kind!r} potential, but model.kind is {wanted!r}'
+    size = parameters.get('committee_size', 1)
+    if is_committee(potential_kind) != (isinstance(size, int) and size > 1):
+        return f'a {potential_kind!r} potential cannot warm-start training with committee_size = {size}'
     return None

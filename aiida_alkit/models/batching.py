@@ -80,6 +80,15 @@ class Batch:
         """(B,) cell volumes abs(det(cell)), Å³ (zero for molecules)."""
         return torch.linalg.det(self.cells).abs()
 
+    def image_offsets(self, cells: torch.Tensor) -> torch.Tensor:
+        """(E, 3) ``S @ cell`` of every pair for the cells (B, 3, 3) given (e.g. strained ones), Å, in their dtype:
+        the neighbour image of pair e sits at ``r_j + image_offsets[e]``."""
+        shifts = self.edge_shifts.to(cells.dtype)
+        if cells.shape[0] == 1:
+            return shifts @ cells[0]
+        edge_cells = cells.index_select(0, self.structure_index.index_select(0, self.edge_i))  # (E, 3, 3)
+        return torch.einsum('ek,ekl->el', shifts, edge_cells)
+
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Batch:
         """Copy to ``device``; floating-point tensors are also cast to ``dtype`` when given."""
         values: dict[str, Any] = {}

@@ -349,14 +349,12 @@ class GMNN(AtomicPotential):
         """Gaussian moments G_i (N, d_0) of a batch (optionally with displaced positions/cells, Å)."""
         positions = batch.positions.to(self.dtype) if positions is None else positions
         cells = batch.cells.to(self.dtype) if cells is None else cells
-        shifts = batch.edge_shifts.to(self.dtype)
-        if cells.shape[0] == 1:
-            image_offsets = shifts @ cells[0]
-        else:
-            edge_cells = cells.index_select(0, batch.structure_index.index_select(0, batch.edge_i))  # (E, 3, 3)
-            image_offsets = torch.einsum('ek,ekl->el', shifts, edge_cells)
         # Paper convention r_ij = r_i - r_j (eq. 2); the neighbour image sits at r_j + S @ cell.
-        vectors = positions.index_select(0, batch.edge_i) - positions.index_select(0, batch.edge_j) - image_offsets
+        vectors = (
+            positions.index_select(0, batch.edge_i)
+            - positions.index_select(0, batch.edge_j)
+            - batch.image_offsets(cells)
+        )
         return self.representation(vectors, batch.species, batch.edge_i, batch.edge_j)
 
     def atomic_energies(self, descriptors: torch.Tensor, species: torch.Tensor) -> torch.Tensor:

@@ -198,26 +198,27 @@ class MACEPotential(AtomicPotential):
                 torch.set_default_dtype(previous)
         self.atomic_shift = nn.Parameter(torch.zeros(n_species, dtype=torch.float64))  # μ_Z
         self.register_buffer('energy_scale', torch.tensor(1.0, dtype=torch.float64))  # c, eV
-        self._output_layers = self._readout_linears()
+        self._readout_layers = self._readout_linears()
+        self._feature_slices = self._interaction_slices()
         self.to(device=device, dtype=hp.torch_dtype)
 
     # ------------------------------------------------------------------ structure of the readout
-    def _readout_linears(self) -> list[tuple[nn.Module, int, bool]]:
-        """(e3nn Linear, readout index, output?) in evaluation order; each maps scalars to scalars."""
+    def _readout_linears(self) -> list[tuple[nn.Module, bool]]:
+        """(e3nn Linear, output?) of the readouts in evaluation order; each maps scalars to scalars."""
         found = []
-        for index, readout in enumerate(self.mace.readouts):
+        for readout in self.mace.readouts:
             if hasattr(readout, 'linear'):
-                found.append((readout.linear, index, True))
+                found.append((readout.linear, True))
             else:
-                found.append((readout.linear_1, index, False))
-                found.append((readout.linear_2, index, True))
-        for linear, _, _ in found:
+                found.append((readout.linear_1, False))
+                found.append((readout.linear_2, True))
+        for linear, _ in found:
             scalars_in = [mul for mul, irrep in linear.irreps_in if irrep.l == 0 and irrep.p == 1]
             if len(linear.instructions) != 1 or not scalars_in:
                 raise ValueError('MACE readout layers must map one block of scalars to scalars')
         return found
 
-    def _feature_slices(self) -> list[slice]:
+    def _interaction_slices(self) -> list[slice]:
         """Where the node features of each interaction sit in the descriptors."""
         slices, start = [], 0
         for product in self.mace.products:
@@ -266,14 +267,12 @@ class MACEPotential(AtomicPotential):
         mace = self.mace
         positions = batch.positions.to(self.dtype) if positions is None else positions
         cells = batch.cells.to(self.dtype) if cells is None else cells
-        shifts = batch.edge_shifts.to(self.dtype)
-        if cells.shape[0] == 1:
-            image_offsets = shifts @ cells[0]
-        else:
-            edge_cells = cells.index_select(0, batch.structure_index.index_select(0, batch.edge_i))
-            image_offsets = torch.einsum('ek,ekl->el', shifts, edge_cells)
         # MACE's convention: sender = edge_index[0], receiver = edge_index[1], vector = r_r - r_s + shift
-        vectors = positions.index_select(0, batch.edge_j) - positions.index_select(0, batch.edge_i) + image_offsets
+        vectors = (
+            positions.index_select(0, batch.edge_j)
+            - positions.index_select(0, batch.edge_i)
+            + batch.image_offsets(cells)
+        )
         lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)
         edge_index = torch.stack([batch.edge_i, batch.edge_j])
         node_attrs = nn.functional.one_hot(batch.species, len(self.species)).to(self.dtype)
@@ -297,10 +296,9 @@ class MACEPotential(AtomicPotential):
 
     def _readout_sum(self, descriptors: torch.Tensor) -> torch.Tensor:
         """Σ_t R_t(h^(t)) (N,)."""
-        slices = self._feature_slices()
         total = torch.zeros(descriptors.shape[0], dtype=descriptors.dtype, device=descriptors.device)
-        for index, readout in enumerate(self.mace.readouts):
-            total = total + readout(descriptors[:, slices[index]]).squeeze(-1)
+        for readout, block in zip(self.mace.readouts, self._feature_slices, strict=True):
+            total = total + readout(descriptors[:, block]).squeeze(-1)
         return total
 
     def atomic_energies(self, descriptors: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
@@ -310,29 +308,24 @@ class MACEPotential(AtomicPotential):
     def readout_layout(self) -> list[ReadoutLayer]:
         return [
             ReadoutLayer(linear.instructions[0].path_shape[0], linear.instructions[0].path_shape[1], output)
-            for linear, _, output in self._output_layers
+            for linear, output in self._readout_layers
         ]
 
     def readout_factors(
         self, descriptors: torch.Tensor, species: torch.Tensor, output_only: bool = False
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(x̃ = w x_s, g = ∂E_i/∂z)`` of the readout's linear layers (see the module docstring)."""
-        captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        handles = []
-        for position, (linear, _, output) in enumerate(self._output_layers):
-            if output_only and not output:
-                continue
+        layers = [linear for linear, output in self._readout_layers if output or not output_only]
+        captured: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
-            def capture(module, args, result, position=position):
-                captured[position] = (args[0], result)
+        def capture(module, args, result) -> None:
+            captured[module] = (args[0], result)
 
-            handles.append(linear.register_forward_hook(capture))
+        handles = [linear.register_forward_hook(capture) for linear in layers]
         try:
-            with torch.enable_grad():
-                # a differentiable copy of the inputs: the signals g are taken on it, the result stays on descriptors
+            with torch.enable_grad():  # the signals need a graph even when called under torch.no_grad()
                 energies = self.energy_scale * self._readout_sum(descriptors)
-                positions = sorted(captured)
-                outputs = [captured[p][1] for p in positions]
+                outputs = [captured[linear][1] for linear in layers]
                 signals = torch.autograd.grad(
                     energies.sum(), outputs, create_graph=descriptors.requires_grad, allow_unused=True
                 )
@@ -340,14 +333,11 @@ class MACEPotential(AtomicPotential):
             for handle in handles:
                 handle.remove()
         factors = []
-        for p, signal in zip(positions, signals, strict=True):
-            linear = self._output_layers[p][0]
-            x = captured[p][0]
+        for linear, output, signal in zip(layers, outputs, signals, strict=True):
             instruction = linear.instructions[0]
             block = linear.irreps_in.slices()[instruction.i_in]
-            x_tilde = instruction.path_weight * x[:, block]
-            g = torch.zeros_like(outputs[positions.index(p)]) if signal is None else signal
-            factors.append((x_tilde, g))
+            x_tilde = instruction.path_weight * captured[linear][0][:, block]
+            factors.append((x_tilde, torch.zeros_like(output) if signal is None else signal))
         return factors
 
     # ------------------------------------------------------------------ MACE's own format
@@ -372,16 +362,13 @@ class MACEPotential(AtomicPotential):
     def mace_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The data dictionary MACE's own ``forward`` takes, for a batch (used to check the export)."""
         cells = batch.cells.to(self.dtype)
-        shifts = torch.einsum(
-            'ek,ekl->el', batch.edge_shifts.to(self.dtype), cells[batch.structure_index[batch.edge_i]]
-        )
         ptr = torch.zeros(batch.n_structures + 1, dtype=torch.int64, device=batch.positions.device)
         ptr[1:] = torch.cumsum(batch.n_atoms, 0)
         return {
             'positions': batch.positions.to(self.dtype),
             'node_attrs': nn.functional.one_hot(batch.species, len(self.species)).to(self.dtype),
             'edge_index': torch.stack([batch.edge_i, batch.edge_j]),
-            'shifts': shifts,
+            'shifts': batch.image_offsets(cells),
             'unit_shifts': batch.edge_shifts.to(self.dtype),
             'cell': cells.reshape(-1, 3),
             'batch': batch.structure_index,

@@ -20,7 +20,6 @@ import numpy as np
 
 from aiida_alkit.io.arrays import MIN_INTERATOMIC_DISTANCE, ConfigurationArrays
 from aiida_alkit.jobs.explore_parameters import ExploreParameters, explore_problem
-from aiida_alkit.models.potential import is_committee, member_kind, model_kind_of
 from aiida_alkit.workflows.strategies import builtin_strategies, strategies
 
 __all__ = [
@@ -324,18 +323,11 @@ def _potential_problem(inputs: CampaignInputs) -> Problem | None:
     one model one)."""
     if inputs.potential is None or isinstance(inputs.potential, Problem):
         return inputs.potential
+    from aiida_alkit.jobs.train_parameters import warm_start_problem
+
     label, hyperparameters = inputs.potential
-    kind = hyperparameters['model_kind']
-    try:
-        wanted = model_kind_of(inputs.train.get('model') or {})
-    except ValueError:
-        return None  # the train parameters' own check reports it
-    if member_kind(kind) != wanted:
-        message = f'a {kind!r} potential cannot warm-start training a {wanted!r} model (train.parameters.model.kind)'
-        return Problem('ERROR_INVALID_POTENTIAL', {'pk': label, 'message': message})
-    committee_size = inputs.train.get('committee_size', 1)
-    if is_committee(kind) != (committee_size > 1):
-        message = f'a {kind!r} potential cannot warm-start training with committee_size = {committee_size}'
+    message = warm_start_problem(hyperparameters['model_kind'], inputs.train)
+    if message:
         return Problem('ERROR_INVALID_POTENTIAL', {'pk': label, 'message': message})
     return None
 

@@ -101,7 +101,7 @@ def test_readout_factors_are_the_exact_readout_gradients():
     factors = model.readout_factors(descriptors, batch.species)
     layout = model.readout_layout()
     assert [layer.output for layer in layout] == [True, False, True]  # linear readout, MLP readout's two layers
-    linears = [linear for linear, _, _ in model._output_layers]
+    linears = [linear for linear, _ in model._readout_layers]
     exact = torch.autograd.grad(model.atomic_energies(descriptors, batch.species).sum(), [x.weight for x in linears])
     for (x_tilde, g), gradient, layer in zip(factors, exact, layout, strict=True):
         assert x_tilde.shape[1] == layer.d_in and g.shape[1] == layer.d_out
@@ -117,7 +117,7 @@ def test_gradient_features_of_mace():
     assert last.dim == sum(layer.d_in for layer in model.readout_layout() if layer.output)
     batch = model.make_batch(structures)
     descriptors = model.descriptors(batch).detach()
-    linears = [linear for linear, _, output in model._output_layers if output]
+    linears = [linear for linear, output in model._readout_layers if output]
     exact = torch.autograd.grad(model.atomic_energies(descriptors, batch.species).sum(), [x.weight for x in linears])
     np.testing.assert_allclose(last.structure.sum(axis=0), torch.cat(exact).numpy(), rtol=1e-10, atol=1e-12)
     sketch = compute_features(model, structures, kind='sketch', dim=64, seed=3)
