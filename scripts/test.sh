@@ -31,7 +31,7 @@ daemon_pid=$!
 python -m pytest "$@" -m slurm --durations=5 --basetemp "$scratch/basetemp-slurm" >"$scratch/slurm.log" 2>&1 &
 slurm_pid=$!
 main_status=0
-python -m pytest "$@" -m "not daemon and not slurm" --durations=15 || main_status=$?
+python -m pytest "$@" -m "not daemon and not slurm" --durations=50 || main_status=$?
 daemon_status=0
 wait "$daemon_pid" || daemon_status=$?
 slurm_status=0
