@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.benchmark
+
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / 'benchmarks' / 'bench_data_efficiency.py'
 VARIANTS = ('gradient', 'gradient_unbiased', 'random_same_exploration', 'dpgen')
 CONDITIONS = (

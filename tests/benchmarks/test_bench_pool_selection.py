@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.benchmark
+
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / 'benchmarks' / 'bench_pool_selection.py'
 METHODS = ('random', 'maxdiag_gp', 'maxdet_gp', 'maxdist_feat', 'lcmd_feat', 'qbc_maxdiag')
 SUMMARY_KEYS = (
