@@ -12,6 +12,15 @@ MD step), the unbiased value, and for reference ``single_model_us_per_atom_step`
 ``ops_per_md_step`` / ``unbiased_ops_per_md_step``: aten operator calls (torch profiler) of one potential evaluation
 of all walkers, biased and unbiased (on CUDA also ``kernel_launches_per_md_step``).
 ``--quick`` runs 3 steps per run, 2 repeats, a 2-member small committee (seconds).
+
+``--bias gradient`` / ``--bias hal`` time the single-model biases of the explore job instead (``bias.kind`` gradient
+and hal): one model (member 0 of the same committee), unbiased against biased with the term the job builds:
+``GradientFeatureUncertainty.from_data(model, train, kind='posterior', dim=512)`` (seeds/003; sketched gradient
+features, atom uncertainties for the calibrated stop included) or ``HALUncertainty`` on a ``BayesianRidge`` fitted to
+last-layer features and energies (seeds/002, ``atom_quantity=None`` as in the job), ``train`` being 16 rattled
+Cu-108 cells with EMT energies. These terms are not energy-level: ∇u is a second backward pass through the model
+(``BiasedPotential``'s general path), so their ratio is the cost of that pass. ``single_model_us_per_atom_step`` is
+then the unbiased value. The line's ``bias`` key names the bias.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ def run(
     n_walkers: int = 4,
     threads: int | None = None,
     device: str = 'cpu',
+    bias: str = 'committee',
 ) -> dict:
     import numpy as np
     import torch
@@ -61,12 +71,24 @@ def run(
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / (n_steps + 1), (time.process_time() - start_cpu) / (n_steps + 1)
 
-    def potentials():
-        return {
-            'unbiased': BiasedPotential(committee),
-            'biased': BiasedPotential(committee, CommitteeUncertainty(), strength=AdaptiveStrength(0.1)),
-            'single': BiasedPotential(single),
-        }
+    if bias == 'committee':
+
+        def potentials():
+            return {
+                'unbiased': BiasedPotential(committee),
+                'biased': BiasedPotential(committee, CommitteeUncertainty(), strength=AdaptiveStrength(0.1)),
+                'single': BiasedPotential(single),
+            }
+    else:
+        model = committee.members[0]
+        term = feature_term(model, bias, device)
+
+        def potentials():
+            return {
+                'unbiased': BiasedPotential(model),
+                'biased': BiasedPotential(model, term, strength=AdaptiveStrength(0.1)),
+                'single': BiasedPotential(model),
+            }
 
     from profiling import count_operator_calls
 
@@ -84,8 +106,9 @@ def run(
     return {
         'benchmark': 'biased_md',
         'system': f'Cu{len(walkers[0])} x {n_walkers} walkers',
+        'bias': bias,
         'model': size,
-        'members': n_members,
+        'members': n_members if bias == 'committee' else 1,
         'steps_per_run': n_steps,
         'repeat': repeat,
         'threads': torch.get_num_threads(),
@@ -107,6 +130,34 @@ def run(
     }
 
 
+def feature_term(model, bias: str, device: str):
+    """The explore job's gradient (seeds/003) or HAL (seeds/002) term for ``model``, fitted on 16 rattled Cu-108."""
+    import numpy as np
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from aiida_alkit.exploration.terms import GradientFeatureUncertainty, HALUncertainty
+    from aiida_alkit.io.arrays import ConfigurationArrays
+    from aiida_alkit.uncertainty.features import compute_features
+    from aiida_alkit.uncertainty.hal import BayesianRidge, build_design_matrix
+
+    frames = []
+    for index in range(16):
+        atoms = bulk('Cu', 'fcc', a=3.61, cubic=True) * (3, 3, 3)
+        atoms.rattle(0.1, seed=100 + index)
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        frames.append(atoms)
+    train = ConfigurationArrays.from_atoms(frames)
+    if bias == 'gradient':
+        return GradientFeatureUncertainty.from_data(model, train, kind='posterior', dim=512)
+    if bias == 'hal':
+        features = np.asarray(compute_features(model, train, kind='last_layer', per_atom=False).structure)
+        design, targets = build_design_matrix(features, train.energy)
+        return HALUncertainty(model, BayesianRidge().fit(design, targets), atom_quantity=None)
+    raise ValueError(f'unknown bias {bias!r}')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='3 steps, 2 repeats, 2 small members (seconds)')
@@ -117,11 +168,17 @@ def main() -> None:
     parser.add_argument('--walkers', type=int, default=4)
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--device', default='cpu')
+    parser.add_argument(
+        '--bias', choices=('committee', 'gradient', 'hal'), default='committee',
+        help="committee: the committee σ (default); gradient, hal: one model's feature-based bias (see above)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
-        result = run(2, 'small', 3, 2, args.walkers, args.threads, args.device)
+        result = run(2, 'small', 3, 2, args.walkers, args.threads, args.device, args.bias)
     else:
-        result = run(args.members, args.model, args.steps, args.repeat, args.walkers, args.threads, args.device)
+        result = run(
+            args.members, args.model, args.steps, args.repeat, args.walkers, args.threads, args.device, args.bias
+        )
     print(json.dumps(result))
 
 
