@@ -94,8 +94,12 @@ class UncertaintyTerm(Protocol):
     stress is needed). ``outputs`` holds the model evaluation on that graph:
 
     * ``'energy'`` (B,) eV, mean over members; ``'member_energies'`` (K, B) eV;
-    * ``'member_atomic_energies'`` (K, N) eV; ``'member_descriptors'``: list of K (N, d_0) Gaussian moments;
-    * ``'models'``: the K GM-NN members; ``'displaced_positions'`` (N, 3), ``'displaced_cells'`` (B, 3, 3) Å.
+    * ``'member_atomic_energies'`` (K, N) eV; ``'member_descriptors'``: list of K (N, d_0) descriptors;
+    * ``'models'``: the K members (:class:`~aiida_alkit.models.potential.AtomicPotential`);
+      ``'displaced_positions'`` (N, 3), ``'displaced_cells'`` (B, 3, 3) Å;
+    * ``'member_readout_factors'``: {member index: readout factors} for the member a term asked for with an optional
+      ``readout_request()`` method returning ``(model, output_only)``: computed in the same pass through the readout
+      as that member's energies (see ``exploration.terms``), so the term does not run the readout again.
 
     ``energy_level`` (class attribute, default False): True when u depends on the positions only through
     ``outputs['member_energies']``; the potential then calls the term with only ``'energy'`` and ``'member_energies'``
@@ -344,14 +348,25 @@ def _displace(batch: Batch, positions: torch.Tensor, strain: torch.Tensor | None
 
 
 def _member_energy(
-    model: AtomicPotential, batch: Batch, positions: torch.Tensor, strain: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Energy (B,), atomic energies (N,), descriptors (N, d_0) and displaced positions/cells of one member (eV, Å)."""
+    model: AtomicPotential,
+    batch: Batch,
+    positions: torch.Tensor,
+    strain: torch.Tensor | None,
+    readout_factors: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+    """Energy (B,), atomic energies (N,), descriptors (N, d_0), displaced positions/cells of one member (eV, Å) and,
+    when ``readout_factors`` is not None, its readout factors (``output_only`` = ``readout_factors``) from the same
+    pass through the readout; else None."""
     displaced_positions, displaced_cells = _displace(batch, positions, strain)
     descriptors = model.descriptors(batch, displaced_positions, displaced_cells)
-    atomic = model.atomic_energies(descriptors, batch.species)
+    factors = None
+    if readout_factors is None:
+        atomic = model.atomic_energies(descriptors, batch.species)
+    else:
+        atomic, factors = model.atomic_energies_and_readout_factors(descriptors, batch.species, readout_factors)
     energy = torch.zeros(batch.n_structures, dtype=atomic.dtype, device=atomic.device)
-    return energy.index_add(0, batch.structure_index, atomic), atomic, descriptors, displaced_positions, displaced_cells
+    energy = energy.index_add(0, batch.structure_index, atomic)
+    return energy, atomic, descriptors, displaced_positions, displaced_cells, factors
 
 
 def _members(model: Any) -> list[AtomicPotential]:
@@ -559,7 +574,13 @@ class BiasedPotential:
             if need_stress:
                 strain = torch.zeros((batch.n_structures, 3, 3), dtype=self.dtype, device=positions.device)
                 strain.requires_grad_(True)
-            evaluated = [_member_energy(member, batch, positions, strain) for member in self.members]
+            request = self.term.readout_request() if hasattr(self.term, 'readout_request') else None
+            evaluated = [
+                _member_energy(
+                    member, batch, positions, strain, request[1] if request and member is request[0] else None
+                )
+                for member in self.members
+            ]
             member_energies = torch.stack([item[0] for item in evaluated])
             energy = member_energies.mean(dim=0)
             outputs = {
@@ -567,6 +588,7 @@ class BiasedPotential:
                 'member_energies': member_energies,
                 'member_atomic_energies': torch.stack([item[1] for item in evaluated]),
                 'member_descriptors': [item[2] for item in evaluated],
+                'member_readout_factors': {k: item[5] for k, item in enumerate(evaluated) if item[5] is not None},
                 'models': self.members,
                 'displaced_positions': evaluated[0][3],
                 'displaced_cells': evaluated[0][4],

@@ -63,15 +63,19 @@ HAL_ATOM_VALUES = ('relative_force', 'force_deviation', None)
 
 # ---------------------------------------------------------------------------------------------------------- features
 def differentiable_atomic_features(
-    feature_map: GradientFeatureMap, descriptors: torch.Tensor, species: torch.Tensor
+    feature_map: GradientFeatureMap,
+    descriptors: torch.Tensor,
+    species: torch.Tensor,
+    factors: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """Atomic gradient features φ(h_i) (N, d), eV, as a differentiable function of the descriptors (N, d_0).
 
     Same values as ``feature_map.atomic_features`` (FEAT(LL), seeds/001 eq. 14, or the tensor sketch, seeds/003
     eq. 20 with the map's random matrices), but inside the autograd graph, so that derivatives with respect to the
-    positions and the strain flow through h_i.
+    positions and the strain flow through h_i. ``factors``: the readout factors of these descriptors, when the
+    potential computed them with the energies (see ``readout_request`` of the feature terms).
     """
-    return feature_map.atomic_features_of(descriptors, species)
+    return feature_map.atomic_features_of(descriptors, species, factors)
 
 
 def _structure_sums(values: torch.Tensor, batch: Batch, mean: bool) -> torch.Tensor:
@@ -108,14 +112,34 @@ class _FeatureTermBase:
         cells = outputs.get('displaced_cells')
         return self.model.descriptors(batch, displaced, cells)
 
-    def _values(self, batch: Batch, descriptors: torch.Tensor, positions: torch.Tensor | None) -> UncertaintyValues:
+    def _factors(self, outputs: Mapping[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The readout factors the potential computed with ``self.model``'s energies, if it did (else None)."""
+        for index, member in enumerate(outputs.get('models') or []):
+            if member is self.model:
+                return (outputs.get('member_readout_factors') or {}).get(index)
+        return None
+
+    def readout_request(self) -> tuple[AtomicPotential, bool]:
+        """``(model, output_only)``: the readout factors this term reads. A potential that evaluates ``model`` as
+        one of its members computes them with the member's energies in one pass through its readout
+        (:meth:`~aiida_alkit.models.potential.AtomicPotential.atomic_energies_and_readout_factors`) and hands them
+        over as ``outputs['member_readout_factors']`` instead of the term running that pass a second time."""
+        return self.model, self.feature_map.output_only
+
+    def _values(
+        self,
+        batch: Batch,
+        descriptors: torch.Tensor,
+        positions: torch.Tensor | None,
+        factors: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> UncertaintyValues:
         raise NotImplementedError
 
     def __call__(
         self, outputs: Mapping[str, Any], batch: Batch, positions: torch.Tensor | None, strain: torch.Tensor | None
     ) -> UncertaintyValues:
         """u (B,) on the potential's graph (differentiable w.r.t. ``positions`` and ``strain``) and atom values (N,)."""
-        return self._values(batch, self._descriptors(outputs, batch, positions), positions)
+        return self._values(batch, self._descriptors(outputs, batch, positions), positions, self._factors(outputs))
 
     def evaluate(self, data: Any, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray | None]:
         """Stand-alone ``(u (B,), atom values (N,) or None)`` of structures (ASE ``Atoms``, a batch, ...), numpy."""
@@ -243,8 +267,14 @@ class GradientFeatureUncertainty(_FeatureTermBase):
             squares = (features - state[nearest]).square().sum(dim=1)
         return squares.clamp_min(self.min_variance).sqrt()
 
-    def _values(self, batch: Batch, descriptors: torch.Tensor, positions: torch.Tensor | None) -> UncertaintyValues:
-        atomic = differentiable_atomic_features(self.feature_map, descriptors, batch.species)
+    def _values(
+        self,
+        batch: Batch,
+        descriptors: torch.Tensor,
+        positions: torch.Tensor | None,
+        factors: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> UncertaintyValues:
+        atomic = differentiable_atomic_features(self.feature_map, descriptors, batch.species, factors)
         atom_u = None
         if self.structure != 'total' or self.atoms:
             atom_u = self._uncertainty(atomic if self.structure != 'total' else atomic.detach(), 'atomic')
@@ -319,8 +349,14 @@ class HALUncertainty(_FeatureTermBase):
     def n_members(self) -> int:
         return int(self._weights.shape[0]) - 1
 
-    def _values(self, batch: Batch, descriptors: torch.Tensor, positions: torch.Tensor | None) -> UncertaintyValues:
-        atomic = differentiable_atomic_features(self.feature_map, descriptors, batch.species)
+    def _values(
+        self,
+        batch: Batch,
+        descriptors: torch.Tensor,
+        positions: torch.Tensor | None,
+        factors: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> UncertaintyValues:
+        atomic = differentiable_atomic_features(self.feature_map, descriptors, batch.species, factors)
         features = _structure_sums(atomic, batch, False)  # B = Σ_i φ(G_i), (B, d)
         weights = self._weights.to(device=features.device, dtype=features.dtype)
         energies = features @ weights.T  # (B, K + 1): c̄·B, c^k·B
@@ -377,6 +413,8 @@ class CalibratedTerm:
         self.scale_structure = bool(scale_structure)
         self.name = f'{term.name}_calibrated'
         self.energy_level = bool(getattr(term, 'energy_level', False))
+        if hasattr(term, 'readout_request'):
+            self.readout_request = term.readout_request
 
     def __call__(
         self, outputs: Mapping[str, Any], batch: Batch, positions: torch.Tensor | None, strain: torch.Tensor | None

@@ -376,15 +376,33 @@ class GMNN(AtomicPotential):
         """``(x̃^(l-1), g^(l))`` of the NTK layers (seeds/001 eq. 13, seeds/003 eq. 17-18), analytic and
         differentiable with respect to the descriptors: ``x̃ = (x / sqrt(d), 0.1)``, ``g^(L) = c σ_Z`` (eq. 4) and
         ``g^(l-1) = (g^(l) W^(l) / sqrt(d)) ⊙ φ'(z^(l-1))``."""
+        return self._readout_pass(descriptors, species, output_only, energies=False)[1]
+
+    def atomic_energies_and_readout_factors(
+        self, descriptors: torch.Tensor, species: torch.Tensor, output_only: bool = False
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """E_i (eq. 3-4) and the readout factors from one forward pass through the network (the factors need the
+        hidden layers' inputs and pre-activations, which the energy computes anyway)."""
+        atomic, factors = self._readout_pass(descriptors, species, output_only, energies=True)
+        assert atomic is not None
+        return atomic, factors
+
+    def _readout_pass(
+        self, descriptors: torch.Tensor, species: torch.Tensor, output_only: bool, energies: bool
+    ) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor]]]:
         modules = list(self.network)
         linear = [k for k, module in enumerate(modules) if isinstance(module, NTKLinear)]
         inputs: list[torch.Tensor] = []
         pre: list[torch.Tensor] = []
         x = descriptors
+        atomic = None
         for k, module in enumerate(modules):
             if isinstance(module, NTKLinear):
                 inputs.append(x)
                 if k == len(modules) - 1:
+                    if energies:  # the output layer, as atomic_energies applies it
+                        y = module(x).squeeze(-1)
+                        atomic = self.energy_scale * (self.atomic_scale[species] * y + self.atomic_shift[species])
                     break
                 x = module(x)
                 pre.append(x)
@@ -401,7 +419,7 @@ class GMNN(AtomicPotential):
         for x, g in zip(inputs[first:], signals, strict=True):
             ones = torch.full((x.shape[0], 1), BIAS_FACTOR, dtype=x.dtype, device=x.device)
             factors.append((torch.cat([x / math.sqrt(x.shape[1]), ones], dim=1), g))
-        return factors
+        return atomic, factors
 
 
 def _silu_derivative(z: torch.Tensor) -> torch.Tensor:

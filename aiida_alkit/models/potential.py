@@ -219,6 +219,14 @@ class AtomicPotential(nn.Module):
         ``g_i ⊗ x̃_i = ∂E_i/∂W``, eV; differentiable with respect to ``descriptors``."""
         raise NotImplementedError
 
+    def atomic_energies_and_readout_factors(
+        self, descriptors: torch.Tensor, species: torch.Tensor, output_only: bool = False
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """:meth:`atomic_energies` and :meth:`readout_factors` of the same descriptors, for callers that need both
+        (the feature biases of the explore job). This default evaluates them separately; a kind whose factors come
+        out of its readout's forward pass (GM-NN) overrides it to run that pass once."""
+        return self.atomic_energies(descriptors, species), self.readout_factors(descriptors, species, output_only)
+
     # ------------------------------------------------------------------ shared evaluation
     def forward(
         self, batch: Batch, compute_forces: bool = True, compute_stress: bool = False, training: bool = False

@@ -137,10 +137,25 @@ class GradientFeatureMap:
         factors = self.model.readout_factors(descriptors, batch.species)
         return [(g.detach(), x.detach()) for x, g in factors]
 
-    def atomic_features_of(self, descriptors: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+    @property
+    def output_only(self) -> bool:
+        """Whether the map reads the output layers' factors only (FEAT(LL)) or every readout layer's (sketch)."""
+        return self.kind == 'last_layer'
+
+    def atomic_features_of(
+        self,
+        descriptors: torch.Tensor,
+        species: torch.Tensor,
+        factors: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
         """Atomic features φ(h_i) (N, d), eV, from descriptors (N, d_0); differentiable with respect to them:
-        eq. (14) per atom (last layer) or eq. (19)/(20) before the atom sum (sketch)."""
-        factors = self.model.readout_factors(descriptors, species, output_only=self.kind == 'last_layer')
+        eq. (14) per atom (last layer) or eq. (19)/(20) before the atom sum (sketch).
+
+        :param factors: the model's readout factors of these descriptors (``readout_factors(descriptors, species,
+            output_only=self.output_only)``) when the caller has them already; computed here otherwise.
+        """
+        if factors is None:
+            factors = self.model.readout_factors(descriptors, species, output_only=self.output_only)
         if self.kind == 'last_layer':
             return torch.cat([(g[:, :, None] * x[:, None, :]).reshape(len(x), -1) for x, g in factors], dim=1)
         reference = self._projections[0][0]

@@ -164,6 +164,25 @@ def test_bias_forces_are_tau_times_finite_differences(model, training, feature_m
             assert result.bias_forces[atom, axis] == pytest.approx(tau * du, rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.parametrize('name', ['posterior', 'max_posterior', 'hal'])
+def test_the_readout_runs_once_per_biased_evaluation(model, training, feature_map, ridge, copper_cells, name):
+    """The feature terms read the readout factors that the potential computed with the energies (one pass through
+    the network per evaluation, not two), and give the same u as the term's stand-alone evaluation."""
+    term = _terms(model, training, feature_map, ridge)[name]
+    potential = BiasedPotential(model, term, strength=0.4)
+    system = WalkerSystem.from_atoms(copper_cells)
+    passes = []
+    handle = model.network[0].register_forward_hook(lambda *args: passes.append(1))
+    try:
+        result = potential.evaluate(system)
+    finally:
+        handle.remove()
+    assert len(passes) == 1
+    expected, _ = term.evaluate(copper_cells)
+    np.testing.assert_allclose(result.uncertainty, expected, rtol=1e-10)
+    assert np.abs(result.bias_forces).max() > 0
+
+
 @pytest.mark.parametrize('name', ['posterior', 'hal'])
 def test_bias_stress_is_the_strain_derivative_of_u(model, training, feature_map, ridge, copper_cells, name):
     """σ^bias = -(τ_s/V) ∂u/∂ε (seeds/003 eq. 7), central differences of a symmetric strain."""
