@@ -3,11 +3,10 @@
 # run pytest (extra arguments go to pytest).
 #
 # Without test selection (no paths, -m or -k), the tests that run their own AiiDA daemon (marker `daemon`: the
-# scale-out suites, daemon faults, submit to the daemon) run in a second pytest process, and those whose jobs go
-# through SLURM (marker `slurm`; the fixture starts the local SLURM of scripts/slurm.sh) together with the smoke tests
-# of the benchmark scripts (marker `benchmark`, campaigns in subprocesses) in a third, alongside the in-process tests:
-# those keep one core busy while the others mostly wait on their daemon workers, the scheduler and the job polling,
-# so the suite takes about half as long on 2 cores. Their output follows the main run's.
+# scale-out suites, daemon faults, submit to the daemon) and those whose jobs go through SLURM (marker `slurm`; the
+# fixture starts the local SLURM of scripts/slurm.sh) run in two more pytest processes alongside the others: the
+# in-process tests keep one core busy while the daemon and SLURM tests mostly wait on their workers and the
+# scheduler, so the suite takes about half as long on 2 cores. Their output follows the main run's.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
@@ -29,18 +28,18 @@ scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 python -m pytest "$@" -m daemon --durations=10 --basetemp "$scratch/basetemp" >"$scratch/daemon.log" 2>&1 &
 daemon_pid=$!
-python -m pytest "$@" -m "slurm or benchmark" --durations=8 --basetemp "$scratch/basetemp-side" >"$scratch/side.log" 2>&1 &
-side_pid=$!
+python -m pytest "$@" -m slurm --durations=5 --basetemp "$scratch/basetemp-slurm" >"$scratch/slurm.log" 2>&1 &
+slurm_pid=$!
 main_status=0
-python -m pytest "$@" -m "not daemon and not slurm and not benchmark" --durations=50 || main_status=$?
+python -m pytest "$@" -m "not daemon and not slurm" --durations=50 || main_status=$?
 daemon_status=0
 wait "$daemon_pid" || daemon_status=$?
-side_status=0
-wait "$side_pid" || side_status=$?
+slurm_status=0
+wait "$slurm_pid" || slurm_status=$?
 echo "--- tests with their own AiiDA daemon (pytest -m daemon), run alongside the above ---"
 cat "$scratch/daemon.log"
-echo "--- tests whose jobs go through SLURM and the benchmark smoke tests (pytest -m 'slurm or benchmark'), run alongside the above ---"
-cat "$scratch/side.log"
+echo "--- tests whose jobs go through SLURM (pytest -m slurm), run alongside the above ---"
+cat "$scratch/slurm.log"
 if [ "$main_status" != 0 ]; then exit "$main_status"; fi
 if [ "$daemon_status" != 0 ]; then exit "$daemon_status"; fi
-exit "$side_status"
+exit "$slurm_status"
