@@ -315,6 +315,17 @@ class MACEPotential(AtomicPotential):
         self, descriptors: torch.Tensor, species: torch.Tensor, output_only: bool = False
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(x̃ = w x_s, g = ∂E_i/∂z)`` of the readout's linear layers (see the module docstring)."""
+        return self._readout_pass(descriptors, species, output_only)[1]
+
+    def atomic_energies_and_readout_factors(
+        self, descriptors: torch.Tensor, species: torch.Tensor, output_only: bool = False
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """E_i and the readout factors from one pass through the readouts (the signals are derivatives of it)."""
+        return self._readout_pass(descriptors, species, output_only)
+
+    def _readout_pass(
+        self, descriptors: torch.Tensor, species: torch.Tensor, output_only: bool
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         layers = [linear for linear, output in self._readout_layers if output or not output_only]
         captured: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -324,10 +335,14 @@ class MACEPotential(AtomicPotential):
         handles = [linear.register_forward_hook(capture) for linear in layers]
         try:
             with torch.enable_grad():  # the signals need a graph even when called under torch.no_grad()
-                energies = self.energy_scale * self._readout_sum(descriptors)
+                total = self._readout_sum(descriptors)
+                atomic = self.energy_scale * (total + self.atomic_shift[species])  # as atomic_energies
                 outputs = [captured[linear][1] for linear in layers]
                 signals = torch.autograd.grad(
-                    energies.sum(), outputs, create_graph=descriptors.requires_grad, allow_unused=True
+                    (self.energy_scale * total).sum(),
+                    outputs,
+                    create_graph=descriptors.requires_grad,
+                    allow_unused=True,
                 )
         finally:
             for handle in handles:
@@ -338,7 +353,9 @@ class MACEPotential(AtomicPotential):
             block = linear.irreps_in.slices()[instruction.i_in]
             x_tilde = instruction.path_weight * captured[linear][0][:, block]
             factors.append((x_tilde, torch.zeros_like(output) if signal is None else signal))
-        return factors
+        if not torch.is_grad_enabled():  # the caller asked for no graph (the signals needed one here)
+            atomic = atomic.detach()
+        return atomic, factors
 
     # ------------------------------------------------------------------ MACE's own format
     def export_mace(self, path: str | os.PathLike) -> None:

@@ -132,6 +132,38 @@ def test_gradient_features_of_mace():
     assert torch.isfinite(gradient).all() and gradient.abs().max() > 0  # a bias force exists
 
 
+def test_energies_and_readout_factors_in_one_pass():
+    """The one-pass method gives the separate methods' energies and factors, and a gradient-feature bias on a MACE
+    model runs its readouts once per evaluation."""
+    from aiida_alkit.exploration.bias import BiasedPotential
+    from aiida_alkit.exploration.dynamics import WalkerSystem
+    from aiida_alkit.exploration.terms import GradientFeatureUncertainty
+
+    model = _model()
+    structures = [_alloy(seed=k) for k in range(3)]
+    batch = model.make_batch(structures)
+    with torch.enable_grad():
+        positions = batch.positions.detach().clone().requires_grad_(True)
+        descriptors = model.descriptors(batch, positions)
+        atomic, factors = model.atomic_energies_and_readout_factors(descriptors, batch.species)
+        torch.testing.assert_close(atomic, model.atomic_energies(descriptors, batch.species), rtol=0, atol=0)
+        for (x, g), (x_ref, g_ref) in zip(factors, model.readout_factors(descriptors, batch.species), strict=True):
+            torch.testing.assert_close(x, x_ref, rtol=0, atol=0)
+            torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
+        assert atomic.requires_grad and all(x.requires_grad for x, _ in factors)
+    term = GradientFeatureUncertainty.from_data(model, structures, dim=32)
+    potential = BiasedPotential(model, term, strength=0.3)
+    passes = []
+    handle = model.mace.readouts[0].register_forward_hook(lambda *args: passes.append(1))
+    try:
+        result = potential.evaluate(WalkerSystem.from_atoms(structures))
+    finally:
+        handle.remove()
+    assert len(passes) == 1
+    np.testing.assert_allclose(result.uncertainty, term.evaluate(structures)[0], rtol=1e-10)
+    assert np.abs(result.bias_forces).max() > 0
+
+
 def test_save_load_round_trip_with_weights_only(tmp_path):
     model = _model(seed=2)
     path = tmp_path / 'mace.pt'
