@@ -97,9 +97,10 @@ class UncertaintyTerm(Protocol):
     * ``'member_atomic_energies'`` (K, N) eV; ``'member_descriptors'``: list of K (N, d_0) descriptors;
     * ``'models'``: the K members (:class:`~aiida_alkit.models.potential.AtomicPotential`);
       ``'displaced_positions'`` (N, 3), ``'displaced_cells'`` (B, 3, 3) Å;
-    * ``'member_readout_factors'``: {member index: readout factors} for the member a term asked for with an optional
-      ``readout_request()`` method returning ``(model, output_only)``: computed in the same pass through the readout
-      as that member's energies (see ``exploration.terms``), so the term does not run the readout again.
+    * ``'member_readout_factors'``: {member index: (output_only, readout factors)} for the member a term asked for
+      with an optional ``readout_request()`` method returning ``(model, output_only)``: computed in the same pass
+      through the readout as that member's energies (see ``exploration.terms``), so the term does not run the
+      readout again.
 
     ``energy_level`` (class attribute, default False): True when u depends on the positions only through
     ``outputs['member_energies']``; the potential then calls the term with only ``'energy'`` and ``'member_energies'``
@@ -588,7 +589,9 @@ class BiasedPotential:
                 'member_energies': member_energies,
                 'member_atomic_energies': torch.stack([item[1] for item in evaluated]),
                 'member_descriptors': [item[2] for item in evaluated],
-                'member_readout_factors': {k: item[5] for k, item in enumerate(evaluated) if item[5] is not None},
+                'member_readout_factors': {
+                    k: (request[1], item[5]) for k, item in enumerate(evaluated) if request and item[5] is not None
+                },
                 'models': self.members,
                 'displaced_positions': evaluated[0][3],
                 'displaced_cells': evaluated[0][4],

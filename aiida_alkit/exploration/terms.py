@@ -116,7 +116,8 @@ class _FeatureTermBase:
         """The readout factors the potential computed with ``self.model``'s energies, if it did (else None)."""
         for index, member in enumerate(outputs.get('models') or []):
             if member is self.model:
-                return (outputs.get('member_readout_factors') or {}).get(index)
+                output_only, factors = (outputs.get('member_readout_factors') or {}).get(index, (None, None))
+                return factors if output_only == self.feature_map.output_only else None
         return None
 
     def readout_request(self) -> tuple[AtomicPotential, bool]:
