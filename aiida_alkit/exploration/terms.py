@@ -102,6 +102,7 @@ class _FeatureTermBase:
     name = 'feature_term'
     energy_level = False
     model: AtomicPotential
+    feature_map: GradientFeatureMap
 
     def _descriptors(self, outputs: Mapping[str, Any], batch: Batch, positions: torch.Tensor | None) -> torch.Tensor:
         """G_i (N, d_0) of ``self.model`` on the graph of the potential (reused when the model is a member)."""
@@ -127,20 +128,17 @@ class _FeatureTermBase:
         over as ``outputs['member_readout_factors']`` instead of the term running that pass a second time."""
         return self.model, self.feature_map.output_only
 
-    def _values(
-        self,
-        batch: Batch,
-        descriptors: torch.Tensor,
-        positions: torch.Tensor | None,
-        factors: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> UncertaintyValues:
+    def _values(self, batch: Batch, atomic: torch.Tensor, positions: torch.Tensor | None) -> UncertaintyValues:
+        """u and atom values from the differentiable atomic features φ(h_i) (N, d) of the batch."""
         raise NotImplementedError
 
     def __call__(
         self, outputs: Mapping[str, Any], batch: Batch, positions: torch.Tensor | None, strain: torch.Tensor | None
     ) -> UncertaintyValues:
         """u (B,) on the potential's graph (differentiable w.r.t. ``positions`` and ``strain``) and atom values (N,)."""
-        return self._values(batch, self._descriptors(outputs, batch, positions), positions, self._factors(outputs))
+        descriptors = self._descriptors(outputs, batch, positions)
+        atomic = differentiable_atomic_features(self.feature_map, descriptors, batch.species, self._factors(outputs))
+        return self._values(batch, atomic, positions)
 
     def evaluate(self, data: Any, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray | None]:
         """Stand-alone ``(u (B,), atom values (N,) or None)`` of structures (ASE ``Atoms``, a batch, ...), numpy."""
@@ -149,7 +147,8 @@ class _FeatureTermBase:
             with torch.enable_grad():
                 positions = batch.positions.detach().to(self.model.dtype).requires_grad_(True)
                 descriptors = self.model.descriptors(batch, positions)
-                values = self._values(batch, descriptors, positions)
+                atomic = differentiable_atomic_features(self.feature_map, descriptors, batch.species)
+                values = self._values(batch, atomic, positions)
             structures.append(values.structure.detach().cpu().double().numpy())
             if values.atoms is not None:
                 atoms.append(values.atoms.detach().cpu().double().numpy())
@@ -268,14 +267,7 @@ class GradientFeatureUncertainty(_FeatureTermBase):
             squares = (features - state[nearest]).square().sum(dim=1)
         return squares.clamp_min(self.min_variance).sqrt()
 
-    def _values(
-        self,
-        batch: Batch,
-        descriptors: torch.Tensor,
-        positions: torch.Tensor | None,
-        factors: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> UncertaintyValues:
-        atomic = differentiable_atomic_features(self.feature_map, descriptors, batch.species, factors)
+    def _values(self, batch: Batch, atomic: torch.Tensor, positions: torch.Tensor | None) -> UncertaintyValues:
         atom_u = None
         if self.structure != 'total' or self.atoms:
             atom_u = self._uncertainty(atomic if self.structure != 'total' else atomic.detach(), 'atomic')
@@ -350,14 +342,7 @@ class HALUncertainty(_FeatureTermBase):
     def n_members(self) -> int:
         return int(self._weights.shape[0]) - 1
 
-    def _values(
-        self,
-        batch: Batch,
-        descriptors: torch.Tensor,
-        positions: torch.Tensor | None,
-        factors: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> UncertaintyValues:
-        atomic = differentiable_atomic_features(self.feature_map, descriptors, batch.species, factors)
+    def _values(self, batch: Batch, atomic: torch.Tensor, positions: torch.Tensor | None) -> UncertaintyValues:
         features = _structure_sums(atomic, batch, False)  # B = Σ_i φ(G_i), (B, d)
         weights = self._weights.to(device=features.device, dtype=features.dtype)
         energies = features @ weights.T  # (B, K + 1): c̄·B, c^k·B

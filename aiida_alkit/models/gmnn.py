@@ -359,7 +359,10 @@ class GMNN(AtomicPotential):
 
     def atomic_energies(self, descriptors: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """E_i = c (σ_Z y_i + μ_Z) (eq. 3-4), eV, from descriptors (N, d_0) and species indices (N,)."""
-        y = self.network(descriptors).squeeze(-1)
+        return self._scaled(self.network(descriptors).squeeze(-1), species)
+
+    def _scaled(self, y: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """E_i = c (σ_Z y_i + μ_Z) from the network outputs y (N,), eq. 4."""
         return self.energy_scale * (self.atomic_scale[species] * y + self.atomic_shift[species])
 
     def readout_layout(self) -> list[ReadoutLayer]:
@@ -401,8 +404,7 @@ class GMNN(AtomicPotential):
                 inputs.append(x)
                 if k == len(modules) - 1:
                     if energies:  # the output layer, as atomic_energies applies it
-                        y = module(x).squeeze(-1)
-                        atomic = self.energy_scale * (self.atomic_scale[species] * y + self.atomic_shift[species])
+                        atomic = self._scaled(module(x).squeeze(-1), species)
                     break
                 x = module(x)
                 pre.append(x)

@@ -303,7 +303,11 @@ class MACEPotential(AtomicPotential):
 
     def atomic_energies(self, descriptors: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """E_i = c (Σ_t R_t(h_i^(t)) + μ_Z), eV."""
-        return self.energy_scale * (self._readout_sum(descriptors) + self.atomic_shift[species])
+        return self._shifted(self._readout_sum(descriptors), species)
+
+    def _shifted(self, readout_sum: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """E_i = c (Σ_t R_t + μ_Z) from the readouts' sum (N,)."""
+        return self.energy_scale * (readout_sum + self.atomic_shift[species])
 
     def readout_layout(self) -> list[ReadoutLayer]:
         return [
@@ -336,7 +340,7 @@ class MACEPotential(AtomicPotential):
         try:
             with torch.enable_grad():  # the signals need a graph even when called under torch.no_grad()
                 total = self._readout_sum(descriptors)
-                atomic = self.energy_scale * (total + self.atomic_shift[species])  # as atomic_energies
+                atomic = self._shifted(total, species)
                 outputs = [captured[linear][1] for linear in layers]
                 signals = torch.autograd.grad(
                     (self.energy_scale * total).sum(),
