@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of one device run (issue: training and exploration on the GPU), every JSON line kept in $OUT:
 # the production explore job and train job on CPU and CUDA, model speed (Verlet MD steps, operator counts), biased MD
-# at production size, and the pool benchmark's --device cuda path. Carried to the GPU machine with .whl (ase and vesin
-# wheels for Python 3.12). QUICK=1: the same script with every benchmark's --quick (a dry run on a CPU machine).
+# at production size, and the pool benchmark's --device cuda path. Carried to the GPU machine with .whl (ase, vesin and
+# vesin-torch wheels for Python 3.12). QUICK=1: the same script with every benchmark's --quick (a dry run on a CPU machine).
 set -uo pipefail
 OUT="${OUT:-/tmp/alkit-gpu}"
 mkdir -p "$OUT"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aiida_alkit.models.neighbors import neighbor_list
+from aiida_alkit.models.neighbors import neighbor_pairs
 
 __all__ = [
     'Batch',
@@ -149,6 +149,7 @@ def batch_from_arrays(
     stress: np.ndarray | None = None,
     device: str | torch.device = 'cpu',
     dtype: torch.dtype = torch.float32,
+    list_backend: str | None = None,
 ) -> Batch:
     """Build a batch from the flat layout of :class:`aiida_alkit.io.arrays.ConfigurationArrays`.
 
@@ -157,6 +158,8 @@ def batch_from_arrays(
     :param species: element symbols known to the model (their order defines the species index).
     :param cutoff: neighbour cutoff, Å.
     :param energy: optional (B,) eV. :param forces: optional (N, 3) eV/Å. :param stress: optional (B, 3, 3) eV/Å³.
+    :param list_backend: how the neighbour lists are built (:func:`~aiida_alkit.models.neighbors.neighbor_pairs`;
+        default: on the device itself when that is a GPU).
     :raises ValueError: for an element that is not in ``species``.
     """
     positions, numbers, cells, pbc, offsets = _flat_arrays(positions, numbers, cells, pbc, offsets)
@@ -166,7 +169,7 @@ def batch_from_arrays(
     edges_i, edges_j, edges_s = [], [], []
     for b in range(n_structures):
         start, stop = int(offsets[b]), int(offsets[b + 1])
-        i, j, shifts = neighbor_list(positions[start:stop], cells[b], pbc[b], cutoff)
+        i, j, shifts = neighbor_pairs(positions[start:stop], cells[b], pbc[b], cutoff, device, list_backend)
         edges_i.append(i + start)
         edges_j.append(j + start)
         edges_s.append(shifts)
@@ -184,9 +187,9 @@ def batch_from_arrays(
         cells=floats(cells),
         pbc=torch.as_tensor(pbc, device=device),
         structure_index=ints(np.repeat(np.arange(n_structures), sizes)),
-        edge_i=ints(np.concatenate(edges_i)),
-        edge_j=ints(np.concatenate(edges_j)),
-        edge_shifts=ints(np.concatenate(edges_s).reshape(-1, 3)),
+        edge_i=torch.cat(edges_i),
+        edge_j=torch.cat(edges_j),
+        edge_shifts=torch.cat(edges_s).reshape(-1, 3),
         n_atoms=ints(sizes),
         energy=None if energy is None else floats(np.reshape(energy, (n_structures,))),
         forces=None if forces is None else floats(np.reshape(forces, (-1, 3))),
@@ -320,6 +323,8 @@ class VerletBatcher:
     :param species: element symbols known to the model. :param cutoff: model cutoff, Å. :param skin: Verlet skin, Å
         (0: a fresh list at the cutoff every call, exactly :func:`batch_from_arrays`).
     :param device: device of the batch. :param dtype: floating-point dtype of positions and cells in the batch.
+    :param list_backend: how lists are built (:func:`~aiida_alkit.models.neighbors.neighbor_pairs`; default: on the
+        device itself when that is a GPU, so the pairs never cross the bus).
 
     ``rebuilds`` counts structures whose list was built (vesin calls), ``requests`` the structures batched.
     """
@@ -331,6 +336,7 @@ class VerletBatcher:
         skin: float = 1.0,
         device: str | torch.device = 'cpu',
         dtype: torch.dtype = torch.float32,
+        list_backend: str | None = None,
     ) -> None:
         skin = float(skin)
         if not (np.isfinite(skin) and skin >= 0):
@@ -340,6 +346,7 @@ class VerletBatcher:
         self.skin = skin
         self.device = torch.device(device)
         self.dtype = dtype
+        self.list_backend = list_backend
         self.rebuilds = 0
         self.requests = 0
         self._table = species_index_table(self.species)
@@ -376,7 +383,16 @@ class VerletBatcher:
         if self.skin == 0:
             self.rebuilds += n_structures
             return batch_from_arrays(
-                positions, numbers, cells, pbc, offsets, self.species, self.cutoff, device=self.device, dtype=self.dtype
+                positions,
+                numbers,
+                cells,
+                pbc,
+                offsets,
+                self.species,
+                self.cutoff,
+                device=self.device,
+                dtype=self.dtype,
+                list_backend=self.list_backend,
             )
         if cells.shape[0] != n_structures or pbc.shape[0] != n_structures or offsets[-1] != len(positions):
             raise ValueError('inconsistent batch arrays: cells/pbc/offsets do not match the number of atoms/structures')
@@ -436,8 +452,8 @@ class VerletBatcher:
     # ------------------------------------------------------------------ internals
     def _build(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> _StoredList:
         """A fresh list with radius cutoff + skin (sorted by centre atom) and its reference geometry."""
-        i, j, shifts = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
-        order = np.argsort(i, kind='stable')
+        i, j, shifts = neighbor_pairs(positions, cell, pbc, self.cutoff + self.skin, self.device, self.list_backend)
+        order = torch.sort(i, stable=True).indices
         self.rebuilds += 1
         self._generation += 1
         periodic = bool(pbc.all())
@@ -449,9 +465,9 @@ class VerletBatcher:
             positions=positions.copy(),
             cell=cell.copy(),
             fractional=np.linalg.solve(cell.T, positions.T).T if periodic else None,
-            edge_i=torch.as_tensor(i[order], device=self.device),
-            edge_j=torch.as_tensor(j[order], device=self.device),
-            shifts=torch.as_tensor(shifts[order], device=self.device),
+            edge_i=i[order],
+            edge_j=j[order],
+            shifts=shifts[order],
         )
 
     def _check(

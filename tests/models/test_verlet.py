@@ -45,11 +45,13 @@ def _walkers():
     return [small, large]
 
 
-def test_reused_lists_equal_fresh_lists_under_moves_wrapping_and_cell_changes():
-    """Random walks with wrapping and cell rescaling/shearing: each call's pairs equal vesin's at the cutoff."""
+@pytest.mark.parametrize('list_backend', [None, 'vesin-torch'])
+def test_reused_lists_equal_fresh_lists_under_moves_wrapping_and_cell_changes(list_backend):
+    """Random walks with wrapping and cell rescaling/shearing: each call's pairs equal vesin's at the cutoff, with
+    the lists built on the host or, as on a GPU, by vesin-torch on the batch's device."""
     rng = np.random.default_rng(0)
     arrays = _flat(_walkers())
-    batcher = VerletBatcher(['Cu'], CUTOFF, skin=1.0, dtype=torch.float64)
+    batcher = VerletBatcher(['Cu'], CUTOFF, skin=1.0, dtype=torch.float64, list_backend=list_backend)
     for _ in range(40):
         arrays['positions'] = arrays['positions'] + rng.normal(0.0, 0.03, arrays['positions'].shape)
         deformation = np.eye(3) + rng.normal(0.0, 0.002, (3, 3))
