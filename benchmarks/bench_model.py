@@ -15,7 +15,13 @@ Measured in one run, for each model asked for (``--model``):
     tracked without a GPU;
   * ``md_verlet_us_per_atom_step``: the same evaluation as MD steps make it, positions moving a little every step
     and the neighbour list kept within the explore job's 1 Å Verlet skin (``md_verlet_rebuilds``: lists built/needed);
-  * ``--production``: also the single Cu-6912 cell (12x12x12 conventional cells), the production MD size.
+  * ``--production``: also the single Cu-6912 cell (12x12x12 conventional cells), the production MD size;
+  * ``--compile-step`` (GM-NN): the trainer's Adam step compiled (``TrainingConfig.compile_step``) next to the same
+    step eager, on the same 32 configurations: ``compile_s`` (the first step, compilation included),
+    ``trainer_ops_per_train_step`` / ``compiled_ops_per_train_step`` (aten calls of one step of the trainer itself:
+    the loss, its gradients, Adam with the four parameter groups and the learning-rate schedule),
+    ``compiled_ops_cut`` (their ratio), ``trainer_train_step_s`` / ``compiled_train_step_s`` (median of 10 steps)
+    and, on CUDA, the kernel launches of each.
 Model: ``GMNNHyperparameters(species=['Cu'])`` (cutoff 5 Å, 9 Gaussians, 7 radial functions, d_0 = 910, 512x512,
 float32). Prints one JSON line. Target: ``us_per_atom_step`` <= 100 µs on a 2-core CPU.
 
@@ -217,6 +223,46 @@ def operator_counts(model, data) -> dict[str, int]:
     }
 
 
+def compiled_step_counts(hyperparameters: Any, device: str, data) -> dict[str, Any]:
+    """The trainer's Adam step, eager and compiled, on the same 32 configurations (see the module docstring)."""
+    import statistics
+
+    import torch
+    from profiling import count_operator_calls
+
+    from aiida_alkit.models.training import GraphDataset, TrainingConfig, _AdamEpochs
+
+    report: dict[str, Any] = {}
+    for name, compiled in (('trainer', False), ('compiled', True)):
+        model = build_model(hyperparameters, device)
+        graphs = GraphDataset.from_configurations(data, model.species, model.cutoff, model.device, model.dtype)
+        batch = graphs.batch(list(range(min(32, len(graphs)))))
+        config = TrainingConfig(epochs=100, batch_size=32, fit_shift=False, compile_step=compiled)
+        epochs = _AdamEpochs(model, data, graphs, config, None)
+
+        def step(epochs=epochs, batch=batch) -> None:
+            epochs.train_step(batch)
+            if epochs.model.device.type == 'cuda':
+                torch.cuda.synchronize()
+
+        start = time.perf_counter()
+        step()
+        if compiled:
+            report['compile_s'] = round(time.perf_counter() - start, 1)
+        counts = count_operator_calls(step)
+        report[f'{name}_ops_per_train_step'] = counts['ops']
+        if device == 'cuda':
+            report[f'{name}_kernel_launches_per_train_step'] = counts['kernel_launches']
+        times = []
+        for _ in range(10):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        report[f'{name}_train_step_s'] = round(statistics.median(times), 4)
+    report['compiled_ops_cut'] = round(report['trainer_ops_per_train_step'] / report['compiled_ops_per_train_step'], 2)
+    return report
+
+
 def cell_repeats(quick: bool, production: bool) -> tuple[int, ...]:
     """Conventional cells per direction of the measured Cu cells: 32/108 atoms (quick) or 108/864 (+ 6912)."""
     sizes = (2, 3) if quick else (3, 6)
@@ -235,6 +281,7 @@ def run(
     kind: str = 'gmnn',
     data=None,
     with_model: bool = False,
+    compile_step: bool = False,
 ) -> dict:
     """The report of one model kind (``data``: the training set, made here when None; ``with_model``: add the
     ``model`` key, the kind and its hyper-parameters)."""
@@ -275,6 +322,8 @@ def run(
         report.update(
             {f'{prefix}{k}': round(v, 3) for k, v in time_training_epoch(hyperparameters, device, data).items()}
         )
+        if compile_step:
+            report.update({f'{prefix}{k}': v for k, v in compiled_step_counts(hyperparameters, device, data).items()})
     report['train_configs'] = len(data)
     report['target_us_per_atom_step'] = 100.0
     return report
@@ -310,13 +359,18 @@ def main() -> None:
     parser.add_argument(
         '--model', choices=MODEL_CHOICES, default='gmnn', help='model kind(s) to measure (both: one line each + ratios)'
     )
+    parser.add_argument(
+        '--compile-step', action='store_true', help="GM-NN: also the trainer's compiled Adam step against the eager one"
+    )
     args = parser.parse_args()
+    if args.compile_step and args.model != 'gmnn':
+        parser.error('--compile-step measures GM-NN (the kind whose training step compiles)')
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     if args.model == 'gmnn':
-        print(json.dumps(run(args.quick, args.device, args.production)))
+        print(json.dumps(run(args.quick, args.device, args.production, compile_step=args.compile_step)))
         return
     data = training_set(8 if args.quick else 100)
     kinds = ['gmnn', 'mace'] if args.model == 'both' else [args.model]

@@ -11,7 +11,9 @@
   Ψ_3 are symmetric in their Cartesian indices), followed by one selection of the kept radial channels.
 
 Everything is differentiable twice (force training); the custom autograd functions have backward passes made of
-differentiable torch operations. Units: Å.
+differentiable torch operations. Under ``torch.compile`` (the compiled training step) the same products are written as
+plain operations instead, because the compiler does not differentiate a custom function's backward a second time.
+Units: Å.
 """
 
 from __future__ import annotations
@@ -159,12 +161,18 @@ def padded_moments(
     :param coefficients: β (S, S, R, n_basis). :param centres: Gaussian centres r_k (n_basis,), Å.
     :param gamma: γ, Å⁻². :param cutoff: r_cut, Å.
     """
-    n_atoms, width = layout.n_atoms, layout.width
+    # Sizes come from tensor shapes (symbolic under torch.compile, so that a new batch size is no recompilation).
+    n_atoms = species.shape[0]
     n_species, _, n_radial, n_basis = coefficients.shape
     dtype = vectors.dtype
+    compiling = torch.compiler.is_compiling()
     # Empty slots get a vector beyond the cutoff: f_cut = 0 makes their radial values (and all gradients) exactly 0.
     fill = torch.tensor([2.0 * cutoff + 1.0, 0.0, 0.0], dtype=dtype, device=vectors.device)
-    slots = _PadSlots.apply(vectors, fill, layout.index, layout.inverse, n_atoms)  # (3, N, M)
+    if compiling:  # plain operations: the compiler differentiates them twice (it cannot the custom functions)
+        slots = torch.cat([vectors, fill[None]]).index_select(0, layout.index).t().reshape(3, n_atoms, -1)
+    else:
+        slots = _PadSlots.apply(vectors, fill, layout.index, layout.inverse, n_atoms)  # (3, N, M)
+    width = slots.shape[2]
     r = slots.square().sum(0).sqrt()  # (N, M)
     gaussians = torch.exp((r - centres.to(dtype)[:, None, None]).square() * -gamma)  # (n_basis, N, M)
     cut = torch.where(r < cutoff, 0.5 * (torch.cos(r * (torch.pi / cutoff)) + 1.0), torch.zeros_like(r))
@@ -187,7 +195,10 @@ def padded_moments(
         left, right = (_on_device(table, slots.device) for table in _PACKED_STEPS[rank])
         parts.append(parts[-1].index_select(0, left) * unit.index_select(0, right))
     angular = torch.cat(parts) if len(parts) > 1 else unit  # (3 + 6 + 10, N, M)
-    packed = _SlotProduct.apply(radial, angular)  # (N, R, 19)
+    if compiling:
+        packed = torch.bmm(radial.transpose(0, 1), angular.permute(1, 2, 0))
+    else:
+        packed = _SlotProduct.apply(radial, angular)  # (N, R, 19)
     for rank in range(1, max_moment + 1):  # unpack Ψ_L to full Cartesian tensors, each contiguous
         full = packed.index_select(2, _on_device(_UNPACK[rank], slots.device))
         out.append(full.view((n_atoms, n_radial) + (3,) * rank))

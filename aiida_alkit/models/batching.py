@@ -46,6 +46,8 @@ class Batch:
     :param energy: optional (B,) eV.
     :param forces: optional (N, 3) eV/Å.
     :param stress: optional (B, 3, 3) eV/Å³.
+    :param neighbour_layout: optional precomputed arrangement of the pairs for a model's kernels (GM-NN's padded
+        table, :meth:`~aiida_alkit.models.potential.AtomicPotential.prepare_batch`); dropped by :meth:`to`.
     """
 
     positions: torch.Tensor
@@ -60,6 +62,7 @@ class Batch:
     energy: torch.Tensor | None = None
     forces: torch.Tensor | None = None
     stress: torch.Tensor | None = None
+    neighbour_layout: Any = None
 
     @property
     def n_structures(self) -> int:
@@ -94,7 +97,9 @@ class Batch:
         values: dict[str, Any] = {}
         for item in fields(self):
             value = getattr(self, item.name)
-            if value is not None:
+            if item.name == 'neighbour_layout':
+                value = None  # built for the old device
+            elif value is not None:
                 value = value.to(device=device, dtype=dtype if value.is_floating_point() and dtype else None)
             values[item.name] = value
         return Batch(**values)

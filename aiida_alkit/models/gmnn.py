@@ -25,6 +25,7 @@ Units: Å, eV, eV/Å, eV/Å³ (ASE's stress sign). No AiiDA import.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -292,6 +293,7 @@ class GMNN(AtomicPotential):
 
     kind = 'gmnn'
     hyperparameters_class = GMNNHyperparameters
+    supports_compiled_training = True  # the whole Adam step compiles (TrainingConfig.compile_step)
     default_learning_rates = PAPER_LEARNING_RATES
 
     def __init__(self, hyperparameters: GMNNHyperparameters, device: str | torch.device = 'cpu') -> None:
@@ -355,7 +357,14 @@ class GMNN(AtomicPotential):
             - positions.index_select(0, batch.edge_j)
             - batch.image_offsets(cells)
         )
-        return self.representation(vectors, batch.species, batch.edge_i, batch.edge_j)
+        return self.representation(vectors, batch.species, batch.edge_i, batch.edge_j, batch.neighbour_layout)
+
+    def prepare_batch(self, batch: Batch) -> Batch:
+        """The batch with its padded neighbour table (``_moments.NeighbourLayout``), which a compiled evaluation
+        cannot build itself (its width is the largest neighbour count, a data-dependent size)."""
+        if batch.neighbour_layout is not None:
+            return batch
+        return dataclasses.replace(batch, neighbour_layout=cached_layout(batch.edge_i, batch.n_atoms_total))
 
     def atomic_energies(self, descriptors: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """E_i = c (σ_Z y_i + μ_Z) (eq. 3-4), eV, from descriptors (N, d_0) and species indices (N,)."""

@@ -144,6 +144,9 @@ class AtomicPotential(nn.Module):
     default_learning_rates: ClassVar[dict[str, float]] = {}
     #: Why this kind cannot be trained with RLEKF (None: it can).
     rlekf_refusal: ClassVar[str | None] = None
+    #: Whether the whole Adam step of this kind compiles correctly (``TrainingConfig.compile_step``): its forward
+    #: pass must be made of operations the compiler can differentiate twice (no custom autograd functions).
+    supports_compiled_training: ClassVar[bool] = False
     hyperparameters: Any
 
     # ------------------------------------------------------------------ properties
@@ -244,20 +247,49 @@ class AtomicPotential(nn.Module):
                 return self._evaluate(batch, compute_forces, compute_stress, training)
         return self._evaluate(batch, False, False, training)
 
-    def _evaluate(
-        self, batch: Batch, compute_forces: bool, compute_stress: bool, training: bool
-    ) -> dict[str, torch.Tensor]:
+    def prepare_batch(self, batch: Batch) -> Batch:
+        """The batch with whatever this kind precomputes from its pairs (e.g. GM-NN's padded neighbour table); the
+        work that a compiled evaluation (:func:`~aiida_alkit.models.training.train` with ``compile``) cannot trace.
+        This default returns the batch unchanged."""
+        return batch
+
+    def derivative_inputs(
+        self, batch: Batch, compute_forces: bool, compute_stress: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The tensors that forces and stress differentiate by: the positions (N, 3), Å (requiring gradients when
+        ``compute_forces``) and, when ``compute_stress``, a zero strain ε (B, 3, 3) that requires gradients."""
         positions = batch.positions.to(self.dtype)
-        cells = batch.cells.to(self.dtype)
-        inputs: list[torch.Tensor] = []
         if compute_forces and not positions.requires_grad:
             positions = positions.detach().requires_grad_(True)
-        if compute_forces:
-            inputs.append(positions)
-        displaced_positions, displaced_cells = positions, cells
+        strain = None
         if compute_stress:
             strain = torch.zeros((batch.n_structures, 3, 3), dtype=self.dtype, device=positions.device)
             strain.requires_grad_(True)
+        return positions, strain
+
+    def _evaluate(
+        self, batch: Batch, compute_forces: bool, compute_stress: bool, training: bool
+    ) -> dict[str, torch.Tensor]:
+        positions, strain = self.derivative_inputs(batch, compute_forces, compute_stress)
+        return self.evaluate_at(batch, positions, strain, compute_forces, training)
+
+    def evaluate_at(
+        self,
+        batch: Batch,
+        positions: torch.Tensor,
+        strain: torch.Tensor | None,
+        compute_forces: bool,
+        training: bool,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward` from the tensors of :meth:`derivative_inputs` (the stress when ``strain`` is given).
+
+        Creates no tensor that requires gradients, so it can run inside ``torch.compile``."""
+        cells = batch.cells.to(self.dtype)
+        inputs: list[torch.Tensor] = []
+        if compute_forces:
+            inputs.append(positions)
+        displaced_positions, displaced_cells = positions, cells
+        if strain is not None:
             inputs.append(strain)
             symmetric = 0.5 * (strain + strain.transpose(1, 2))
             # r -> r (1 + ε) for atoms and lattice vectors (row vectors)
@@ -275,7 +307,7 @@ class AtomicPotential(nn.Module):
             gradients = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, gradients, strict=True)]
             if compute_forces:
                 results['forces'] = -gradients[0]
-            if compute_stress:
+            if strain is not None:
                 volume = torch.linalg.det(cells).abs()
                 periodic = batch.pbc.to(positions.device).all(dim=-1) & (volume > 1e-12)
                 safe_volume = torch.where(periodic, volume, torch.ones_like(volume))
