@@ -323,7 +323,11 @@ def run(
             {f'{prefix}{k}': round(v, 3) for k, v in time_training_epoch(hyperparameters, device, data).items()}
         )
         if compile_step:
-            report.update({f'{prefix}{k}': v for k, v in compiled_step_counts(hyperparameters, device, data).items()})
+            try:
+                compiled = compiled_step_counts(hyperparameters, device, data)
+            except ValueError as exc:  # e.g. a torch whose compiler cannot trace autograd.grad: keep the rest
+                compiled = {'compile_error': str(exc)}
+            report.update({f'{prefix}{k}': v for k, v in compiled.items()})
     report['train_configs'] = len(data)
     report['target_us_per_atom_step'] = 100.0
     return report

@@ -19,7 +19,7 @@ q=""
 cd benchmarks
 timeout 150 "$PY" bench_explore.py $q 2>&1 | tee "$OUT/explore.log"
 timeout 120 "$PY" bench_train.py $q ${q:+--configs 40} ${q:---epochs 20} 2>&1 | tee "$OUT/train.log"
-timeout 90 "$PY" bench_model.py $q ${q:---production} 2>&1 | tee "$OUT/model.log"
+timeout 180 "$PY" bench_model.py $q ${q:---production} --compile-step 2>&1 | tee "$OUT/model.log"
 dev=cuda
 [ -n "$q" ] && dev=cpu
 timeout 60 "$PY" bench_biased_md.py $q --model default --members 4 --walkers 32 --device $dev --steps 10 --repeat 3 \

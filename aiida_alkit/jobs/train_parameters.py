@@ -204,6 +204,14 @@ class TrainParameters:
         training = _section(data, 'training', _init_fields(TrainingConfig))
         rlekf = _section(data, 'rlekf', _init_fields(RLEKFConfig) | RLEKFParameters.KEYS)
         kpu = _section(data, 'kpu', _init_fields(KPUTrainedParameters))
+        if training.get('compile_step') is True:
+            kind = model_kind_of(model)
+            if optimizer != 'adam':
+                raise ParameterError(f'training.compile_step applies to optimizer "adam" only, not {optimizer!r}')
+            if not MODEL_KINDS[kind].model_class().supports_compiled_training:
+                raise ParameterError(
+                    f'training.compile_step is implemented for model.kind "gmnn" only, not {kind!r}: set it to false'
+                )
         return cls(
             model=model,
             optimizer=optimizer,

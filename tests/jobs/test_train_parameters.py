@@ -86,6 +86,18 @@ def test_the_calcjob_keys_are_accepted_only_at_run_time():
         ({'rlekf': {'epochs': 0}}, 'rlekf.epochs must be a positive integer, got 0'),
         ({'kpu': {'fraction': 0}}, 'kpu.fraction must be in (0, 1], got 0'),
         ({'kpu': {'max_configurations': 2.5}}, 'kpu.max_configurations must be a positive integer or null, got 2.5'),
+        (
+            {'training': {'compile_step': 'yes'}},
+            "invalid training parameters: compile_step must be true or false, got 'yes'",
+        ),
+        (
+            {'optimizer': 'rlekf', 'training': {'compile_step': True}},
+            'training.compile_step applies to optimizer "adam" only, not \'rlekf\'',
+        ),
+        (
+            {'model': {'kind': 'mace'}, 'training': {'compile_step': True}},
+            'training.compile_step is implemented for model.kind "gmnn" only, not \'mace\': set it to false',
+        ),
     ],
 )
 def test_problems_are_named(parameters, message):

@@ -376,3 +376,67 @@ def test_committee_calculator(committee, copper):
     water.calc = CommitteeCalculator(Committee(GMNNHyperparameters.small(['H', 'O']), n_members=2))
     water.get_forces()
     assert 'stress' not in water.calc.results and water.calc.results['forces_std'].shape == (3, 3)
+
+
+# ---------------------------------------------------------------------------------------------- compiled step
+def _aten_calls(function) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    function()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        function()
+    return sum(event.count for event in profiler.key_averages() if event.key.startswith('aten::'))
+
+
+def _label_cluster(atoms: Atoms) -> Atoms:
+    atoms.calc = EMT()
+    atoms.get_potential_energy()
+    atoms.get_forces()
+    atoms.get_stress()
+    return atoms
+
+
+def test_compiled_adam_step_trains_as_the_eager_one(copper):
+    """compile_step: train() gives the eager run's losses and weights (float64) over mini-batches of different sizes
+    and structure counts, a cluster without a stress among them, from ONE compiled graph; a compiled step makes at
+    least 4x fewer operator calls than the eager one."""
+    import torch._dynamo.utils
+
+    from aiida_alkit.models.training import _AdamEpochs
+
+    # Cu cells of 4 and 8 atoms and a Cu cluster without a cell (no stress term)
+    cluster = Atoms('Cu4', positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [0, 0, 2.5]])
+    cluster.center(vacuum=3.0)  # a cell, but not periodic: its stress label does not count
+    data = ConfigurationArrays.from_atoms(
+        [*copper.subset(range(5)).to_atoms(), _label_cluster(cluster), *copper.subset(range(5, 10)).to_atoms()]
+    )
+    assert not data.pbc[5].any() and data.pbc[0].all()
+    hyperparameters = GMNNHyperparameters.small(['Cu'], dtype='float64')
+    graphs_before = torch._dynamo.utils.counters['stats']['unique_graphs']
+    results, models = {}, {}
+    for compiled in (False, True):
+        models[compiled] = GMNN(hyperparameters)
+        config = _config(epochs=2, batch_size=3, compile_step=compiled)  # batches of 3, 3, 3, 2 structures
+        results[compiled] = train(models[compiled], data, None, config)
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] - graphs_before <= 1  # no recompilation
+    eager, compiled = results[False].series('train_loss'), results[True].series('train_loss')
+    assert len(eager) == 3 and eager[1] > eager[2]
+    np.testing.assert_allclose(compiled[1:], eager[1:], rtol=1e-9)
+    for name, value in models[False].state_dict().items():
+        torch.testing.assert_close(models[True].state_dict()[name], value, rtol=1e-7, atol=1e-10, msg=name)
+
+    calls = {}
+    for compiled in (False, True):
+        model = GMNN(hyperparameters)
+        graphs = GraphDataset.from_configurations(data, model.species, model.cutoff, dtype=torch.float64)
+        epochs = _AdamEpochs(model, data, graphs, _config(fit_shift=False, compile_step=compiled), None)
+        batch = graphs.batch([0, 1, 5, 7])
+        calls[compiled] = _aten_calls(lambda epochs=epochs, batch=batch: epochs.train_step(batch))
+    assert 4 * calls[True] <= calls[False], calls
+
+
+def test_compile_step_is_refused_where_it_does_not_apply(copper):
+    with pytest.raises(ValueError, match='compile_step must be true or false'):
+        TrainingConfig(compile_step=1)
+    with pytest.raises(ValueError, match='compile_step applies to Adam only; rlekf trains uncompiled'):
+        train(_model(), copper, None, _config(compile_step=True), optimizer='rlekf')
