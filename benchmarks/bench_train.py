@@ -9,6 +9,8 @@ job in a fresh folder; the CPU job uses ``--cpu-threads`` torch threads (default
 Prints one JSON line: per device the job's wall time (``<device>_job_s``), the mean epoch time of epochs 2-end
 (``<device>_epoch_s``, from the job's metrics), and ``cuda_speedup_job`` / ``cuda_speedup_epoch`` (CPU over CUDA)
 when both ran. Target (issue: GPU training): ``cuda_speedup_job`` >= 5 on one H100 against its 16-core CPU.
+``--compile-step``: the jobs train with ``training.compile_step`` (the compiled Adam step; its compilation is part of
+the job's time and of its first epoch, so ``<device>_epoch_s``, epochs 2-end, leaves it out).
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ def main() -> None:
     parser.add_argument('--device', choices=('all', 'cpu', 'cuda'), default='all')
     parser.add_argument('--cpu-threads', type=int, default=os.cpu_count() or 1)
     parser.add_argument('--dataset', default=None, help='.npz of the configurations: read when it exists, else written')
+    parser.add_argument('--compile-step', action='store_true', help='train with training.compile_step')
     args = parser.parse_args()
     n_configs = args.configs or (40 if args.quick else 1000)
     epochs = args.epochs or (3 if args.quick else 50)
@@ -116,6 +119,7 @@ def main() -> None:
         'epochs': epochs,
         'batch_size': 32,
         'model': model,
+        'compile_step': args.compile_step,
         'devices': devices,
         **machine(args.cpu_threads),
         'data_s': round(time.perf_counter() - started, 2),
@@ -126,7 +130,7 @@ def main() -> None:
             arrays.save(folder / DATASET_FILE)
             parameters = {
                 'model': model,
-                'training': {'epochs': epochs, 'batch_size': 32, 'patience': None},
+                'training': {'epochs': epochs, 'batch_size': 32, 'patience': None, 'compile_step': args.compile_step},
                 'device': device,
                 'num_threads': args.cpu_threads if device == 'cpu' else 1,
             }

@@ -719,9 +719,9 @@ class CompiledLoss:
     graph (``torch.compile``, dynamic shapes): forces and stress come from ``torch.autograd.grad`` inside it, and the
     parameter gradients from a second ``torch.autograd.grad``, so the compiler sees the whole step and no backward
     pass has to go through a compiled region twice (which torch does not support: the force terms' gradients would
-    be lost). The model's :meth:`prepare_batch` and :meth:`derivative_inputs` run before, uncompiled.
+    be lost). The model's ``prepare_batch`` and ``derivative_inputs`` run before, uncompiled.
 
-    Calling it returns ``(loss, predictions, gradients)``, all detached; ``gradients`` follow :attr:`parameters`.
+    Calling it returns ``(loss, predictions, gradients)``, all detached; ``gradients`` follow ``parameters``.
     """
 
     def __init__(self, model: Any, weights: LossWeights, need_forces: bool, need_stress: bool) -> None:
