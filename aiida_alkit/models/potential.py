@@ -145,7 +145,7 @@ class AtomicPotential(nn.Module):
     #: Why this kind cannot be trained with RLEKF (None: it can).
     rlekf_refusal: ClassVar[str | None] = None
     #: Whether the whole Adam step of this kind compiles correctly (``TrainingConfig.compile_step``): its forward
-    #: pass must be made of operations the compiler can differentiate twice (no custom autograd functions).
+    #: pass must reach the compiler as operations it can differentiate twice (no custom autograd function).
     supports_compiled_training: ClassVar[bool] = False
     hyperparameters: Any
 
@@ -249,7 +249,7 @@ class AtomicPotential(nn.Module):
 
     def prepare_batch(self, batch: Batch) -> Batch:
         """The batch with whatever this kind precomputes from its pairs (e.g. GM-NN's padded neighbour table); the
-        work that a compiled evaluation (:func:`~aiida_alkit.models.training.train` with ``compile``) cannot trace.
+        work that a compiled evaluation (``TrainingConfig.compile_step``) cannot trace.
         This default returns the batch unchanged."""
         return batch
 
