@@ -753,14 +753,18 @@ class CompiledLoss:
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[torch.Tensor]]:
         import torch._dynamo
+        import torch._inductor.config
 
         batch = self.model.prepare_batch(batch)
         positions, strain = self.model.derivative_inputs(batch, self.need_forces, self.need_stress)
         # no duck sizing: sizes that happen to be equal in one batch (e.g. pairs and padded slots of a cell without
-        # empty slots) would otherwise be assumed equal, and the next batch would compile again
+        # empty slots) would otherwise be assumed equal, and the next batch would compile again; single-threaded
+        # generated C++ on the CPU (the matrix products still use every torch thread): with OpenMP, inductor (torch
+        # 2.13) failed to generate the scatter-add of the per-species gradients, or the compiled step crashed
         with (
             torch._dynamo.config.patch(trace_autograd_ops=True),
             torch.fx.experimental._config.patch(use_duck_shape=False),
+            torch._inductor.config.patch({'cpp.threads': 1}),
         ):
             return self._function(batch, positions, strain)
 

@@ -399,7 +399,18 @@ def _label_cluster(atoms: Atoms) -> Atoms:
 def test_compiled_adam_step_trains_as_the_eager_one(copper):
     """compile_step: train() gives the eager run's losses and weights (float64) over mini-batches of different sizes
     and structure counts, a cluster without a stress among them, from ONE compiled graph; a compiled step makes at
-    least 4x fewer operator calls than the eager one."""
+    least 4x fewer operator calls than the eager one. Two torch threads: with more than one, inductor's OpenMP code
+    for the per-species gradients failed to generate or crashed (torch 2.13) until the step asked for
+    single-threaded generated code."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _compare_compiled_and_eager_training(copper)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _compare_compiled_and_eager_training(copper):
     import torch._dynamo.utils
 
     from aiida_alkit.models.training import _AdamEpochs
