@@ -24,9 +24,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiida import orm
-from aiida.schedulers.datastructures import JobState
+if TYPE_CHECKING:  # imported where used: ``alkit`` starts without loading AiiDA's ORM and engine (~1.5 s)
+    from aiida import orm
 
 __all__ = [
     'STUCK_AFTER_S',
@@ -87,6 +88,8 @@ def stuck_processes(
     Calculation functions are left out: they run inside their caller's step, and a daemon stop leaves an interrupted
     one ``Created`` for good (the step runs it again on restart), with no task to wait for.
     """
+    from aiida import orm
+
     now = now or datetime.now(timezone.utc)
     stuck = []
     for process in [node, *node.called_descendants]:
@@ -106,6 +109,9 @@ def pending_jobs(
     """The calculation jobs of ``node`` (a campaign, any process, or a job itself) that their scheduler still
     queues (``queued`` or ``queued held``, as AiiDA last saw them) more than ``after_s`` seconds after their node
     was created, oldest first, with the scheduler's reason."""
+    from aiida import orm
+    from aiida.schedulers.datastructures import JobState
+
     now = now or datetime.now(timezone.utc)
     pending = []
     for process in [node, *node.called_descendants]:
@@ -123,6 +129,8 @@ def pending_jobs(
 
 
 def _is_function(pk: int) -> bool:
+    from aiida import orm
+
     return isinstance(orm.load_node(pk), orm.CalcFunctionNode | orm.WorkFunctionNode)
 
 
