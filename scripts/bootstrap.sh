@@ -35,10 +35,12 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON_BIN" -m venv "$VENV"
 fi
 
-# Re-install only when the dependency declaration changed since the last successful install.
+# Re-install only when the dependency declaration or the way of installing (INSTALL_MODE: bytecode compiled at
+# install) changed since the last successful install.
 stamp="$VENV/.alkit-installed"
 EXTRAS="dev,docs,mace"
-want="$(printf '%s %s' "$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)" "$EXTRAS")"
+INSTALL_MODE="compile-bytecode"
+want="$(printf '%s %s %s' "$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)" "$EXTRAS" "$INSTALL_MODE")"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
         log "installing torch==$TORCH_VERSION (CPU wheel; install your CUDA build of torch first for GPUs)"
@@ -48,7 +50,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # uv resolves and installs the same versions as pip in a fifth of the time (~20 s instead of ~2 min on 2 cores);
     # it keeps the torch installed above. pip does the work when uv cannot be installed. --compile-bytecode: uv
     # writes no .pyc by default (pip does), and where PYTHONDONTWRITEBYTECODE is set every process would compile
-    # the packages' sources again at import (import mace.modules: 14.0 CPU-s without .pyc, 9.0 with).
+    # the packages' sources again at import (import mace.modules: 14.0 CPU-s without .pyc, 8.9 with).
     if pip_quiet uv && "$VENV/bin/uv" pip install --quiet --compile-bytecode --python "$VENV/bin/python" -e "$ROOT[$EXTRAS]"; then
         :
     else
