@@ -169,10 +169,17 @@ class MACEPotential(AtomicPotential):
             '+'.join(f'{hp.channels}x{ell}{"e" if ell % 2 == 0 else "o"}' for ell in range(hp.max_L + 1))
         )
         neighbours = 1.0 if hp.avg_num_neighbors is None else float(hp.avg_num_neighbors)
+        import e3nn
+
+        # e3nn turns the FX code it generates for every Linear and tensor product into TorchScript by default; the
+        # FX modules compute the same numbers (bitwise, checked) and the model builds in 0.33 s instead of 0.75
+        # (default hyper-parameters, 2-core CPU; evaluation equally fast). Pickling (export_mace) scripts them then.
+        optimisation = e3nn.get_optimization_defaults()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(hp.seed))
             previous = torch.get_default_dtype()
             torch.set_default_dtype(hp.torch_dtype)
+            e3nn.set_optimization_defaults(jit_script_fx=False)
             try:
                 self.mace = modules.ScaleShiftMACE(
                     r_max=hp.cutoff,
@@ -196,6 +203,7 @@ class MACEPotential(AtomicPotential):
                 )
             finally:
                 torch.set_default_dtype(previous)
+                e3nn.set_optimization_defaults(**optimisation)
         self.atomic_shift = nn.Parameter(torch.zeros(n_species, dtype=torch.float64))  # μ_Z
         self.register_buffer('energy_scale', torch.tensor(1.0, dtype=torch.float64))  # c, eV
         self._readout_layers = self._readout_linears()
