@@ -30,6 +30,7 @@ import time
 
 #: (kind, pattern on the command line), first match wins
 KINDS = (
+    ('pytest in-process campaigns', r'pytest.* -m campaign and not benchmark'),
     ('pytest in-process group', r'pytest.*not daemon and not slurm'),
     ('pytest daemon group', r'pytest.* -m daemon'),
     ('pytest slurm group', r'pytest.* -m slurm'),

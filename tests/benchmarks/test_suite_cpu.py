@@ -26,6 +26,12 @@ def test_processes_are_filed_by_their_command_line():
     assert categorise('python', 'python -m pytest -q -m not daemon and not slurm --durations=50') == (
         'pytest in-process group'
     )
+    assert categorise('python', 'python -m pytest -q -m campaign and not benchmark and not daemon and not slurm') == (
+        'pytest in-process campaigns'
+    )
+    assert categorise(
+        'python', 'python -m pytest -q -m not (campaign and not benchmark and not daemon and not slurm) and not daemon'
+    ) == ('pytest in-process group')
     assert categorise('python', 'python -m pytest -q -m daemon --durations=10') == 'pytest daemon group'
     assert categorise('python', f'{venv}/python -m aiida_alkit.jobs.explore .') == 'explore job'
     assert categorise('python', f'{venv}/python {venv}/verdi -p alkit daemon worker') == 'daemon worker'
