@@ -35,6 +35,29 @@ def _model(seed: int = 0, **overrides) -> MACEPotential:
     return model
 
 
+def test_model_is_built_from_fx_modules_and_leaves_e3nn_settings_alone():
+    """The e3nn modules are built as FX graph modules (not TorchScript: faster to build, the same numbers), and
+    e3nn's process-wide setting is what it was before, also when it was changed by the user."""
+    import e3nn
+    from torch import fx
+
+    before = e3nn.get_optimization_defaults()
+    model = _model()
+    assert e3nn.get_optimization_defaults() == before and before['jit_script_fx']
+    generated = [m for m in model.modules() if hasattr(m, '__codegen__')]
+    assert generated
+    for module in generated:
+        for name in module.__codegen__:
+            assert isinstance(getattr(module, name), fx.GraphModule), (type(module).__name__, name)
+            assert not isinstance(getattr(module, name), torch.jit.ScriptModule)
+    e3nn.set_optimization_defaults(jit_script_fx=False)
+    try:
+        _model()
+        assert e3nn.get_optimization_defaults()['jit_script_fx'] is False
+    finally:
+        e3nn.set_optimization_defaults(**before)
+
+
 def _alloy(seed: int = 0, rattle: float = 0.08):
     atoms = bulk('Cu', 'fcc', a=3.6, cubic=True) * (2, 1, 1)
     atoms.numbers[[1, 4, 6]] = 28
