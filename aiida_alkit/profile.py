@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = [
+    'LOCAL_TRANSPORT_SETTINGS',
     'PROFILE_DEFAULT',
     'PROFILE_SCALE_OUT',
     'PSEUDO_FAMILY',
@@ -35,6 +36,10 @@ PROFILE_SCALE_OUT = 'alkit-scale-out'
 COMPUTER = 'localhost'
 #: The computer of ``alkit setup --slurm``: this machine through its SLURM (``scripts/slurm.sh`` starts a local one).
 SLURM_COMPUTER = 'localhost-slurm'
+#: How the computers of ``alkit setup`` (transport ``core.local``) are configured: no wait between transport
+#: connections, and no login shell per transport command (a ``bash -l`` costs 0.2-0.3 s of shell start-up,
+#: bench_engine.py; more where ``~/.bashrc`` does work, e.g. ``pyenv init``).
+LOCAL_TRANSPORT_SETTINGS = {'safe_interval': 0, 'use_login_shell': False}
 PYTHON_CODE = 'alkit-python'
 PW_CODE = 'pw'
 PSEUDO_FAMILY = 'alkit/qe-local'
@@ -262,8 +267,7 @@ def _ensure_computer(
         ).store()
         report.add(f'computer {label}', 'created', f'work dir {workdir}')
     if not computer.is_configured:
-        # no login shell: a `bash -l` per transport command costs 0.2-0.3 s of shell start-up (bench_engine.py)
-        computer.configure(safe_interval=0, use_login_shell=False)
+        computer.configure(**LOCAL_TRANSPORT_SETTINGS)
     computer.set_minimum_job_poll_interval(poll_interval)
     computer.set_default_mpiprocs_per_machine(1)
     return computer

@@ -42,8 +42,10 @@ def aiida_localhost(aiida_localhost):
     """AiiDA's ``localhost`` fixture, configured as ``alkit setup`` configures the computer: no login shell per
     transport command. AiiDA's fixture keeps the default login shell, and on a machine whose ``~/.bashrc`` does
     work (this one runs ``pyenv init``: ~60 processes, ~0.1 CPU-s per shell) every job submission and scheduler
-    poll paid for it; the in-process tests run several hundred of them."""
-    aiida_localhost.configure(safe_interval=0, use_login_shell=False)
+    poll paid for it (880 login shells in one suite run)."""
+    from aiida_alkit.profile import LOCAL_TRANSPORT_SETTINGS
+
+    aiida_localhost.configure(**LOCAL_TRANSPORT_SETTINGS)
     return aiida_localhost
 
 

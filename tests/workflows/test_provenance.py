@@ -11,6 +11,7 @@ from aiida.plugins import WorkflowFactory
 from ase.build import bulk
 
 from aiida_alkit.data import DatasetData
+from aiida_alkit.profile import LOCAL_TRANSPORT_SETTINGS
 from aiida_alkit.workflows.provenance import (
     called_processes,
     campaign_rounds,
@@ -48,7 +49,7 @@ def module_python_code(tmp_path_factory) -> orm.InstalledCode:
         computer.set_minimum_job_poll_interval(0)
         computer.set_default_mpiprocs_per_machine(1)
     if not computer.is_configured:
-        computer.configure(safe_interval=0, use_login_shell=False)  # as `alkit setup` does (see conftest.py)
+        computer.configure(**LOCAL_TRANSPORT_SETTINGS)  # as `alkit setup` does (see conftest.py)
     return orm.InstalledCode(label='alkit-python', computer=computer, filepath_executable=sys.executable).store()
 
 
