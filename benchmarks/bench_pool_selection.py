@@ -124,7 +124,8 @@ selection; then one line with ``"summary": true``:
 * mean ± std learning curves, CPU seconds per method, wall times, failed campaigns, settings, the command.
 
 ``--plot`` writes the learning curves (overall and worst-condition force RMSE against labels, mean ± std over seeds,
-log-log). ``--jobs N`` runs N campaigns (the first time also the MD runs) in parallel single-threaded processes.
+log-log), ``--tables F`` the tables of the docs (Markdown: those curves at 20-200 labels, per condition at the
+final labels, labels to target per method and seed). ``--jobs N`` runs N campaigns (the first time also the MD runs) in parallel single-threaded processes.
 
 Cost, CPU time of one core on the project's (shared) machine: an optimiser step costs 30-38 ms (the small early
 sets validate after every one of their many epochs), a curve trains 10 models with 36 480 steps in all, 20-23 min;
@@ -851,6 +852,86 @@ def plot_curves(records: list[dict[str, Any]], target: float | None, path: pathl
     plt.close(figure)
 
 
+#: method name -> how the docs' tables name it
+METHOD_TITLES = {
+    'random': 'random',
+    'maxdiag_gp': 'MaxDiag + GP',
+    'maxdet_gp': 'MaxDet + GP',
+    'maxdist_feat': 'MaxDist + FEAT',
+    'lcmd_feat': 'LCMD + FEAT',
+    'qbc_maxdiag': 'QBC MaxDiag',
+}
+#: label counts the learning-curve tables show (those a run has; all of them when it has none of these)
+TABLE_LABELS = (20, 40, 60, 100, 140, 200)
+
+
+def markdown_tables(records: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> str:
+    """The docs' tables of a run (Markdown): overall and worst-condition test force RMSE, meV/Å, mean ± standard
+    deviation over the seeds at :data:`TABLE_LABELS`; per condition at the final labels (seed means); labels to
+    random's final error per method, from the seed-mean curve and per seed (``summary``: the summary line)."""
+    curves = curves_of(records)
+    if not curves:
+        return ''
+    labels = sorted({count for curve in curves.values() for count in curve['labels']})
+    columns = [count for count in labels if count in TABLE_LABELS] or labels
+    n_seeds = max(len(curve['seeds']) for curve in curves.values())
+    lines: list[str] = []
+
+    def table(header: list[str], rows: list[list[str]]) -> None:
+        lines.append('| ' + ' | '.join(header) + ' |')
+        lines.append('|' + '---|' * len(header))
+        lines.extend('| ' + ' | '.join(row) + ' |' for row in rows)
+        lines.append('')
+
+    for quantity, title in (('force', 'Overall'), ('force_worst', 'Worst condition')):
+        lines.append(f'{title}, test force RMSE (meV/Å), mean ± std over {n_seeds} seed(s):')
+        lines.append('')
+        rows = []
+        for method, curve in curves.items():
+            cells = []
+            for count in columns:
+                if count not in curve['labels']:
+                    cells.append('–')
+                    continue
+                at = curve['labels'].index(count)
+                cells.append(f'{curve[quantity]["mean"][at]:.1f} ± {curve[quantity]["std"][at]:.1f}')
+            rows.append([METHOD_TITLES.get(method, method), *cells])
+        table(['method', *map(str, columns)], rows)
+
+    final = labels[-1]
+    conditions = list(
+        dict.fromkeys(name for r in records for name in r.get('force_rmse_per_condition_mev_per_ang', {}))
+    )
+    if conditions:
+        lines.append(f'Per condition at {final} labels, test force RMSE (meV/Å), mean over the seeds:')
+        lines.append('')
+        rows = []
+        for method in curves:
+            mine = [r for r in records if r['method'] == method and r['labels'] == final]
+            cells = []
+            for name in conditions:
+                values = [r['force_rmse_per_condition_mev_per_ang'][name] for r in mine
+                          if name in r.get('force_rmse_per_condition_mev_per_ang', {})]  # fmt: skip
+                cells.append(f'{np.mean(values):.1f}' if values else '–')
+            rows.append([METHOD_TITLES.get(method, method), *cells])
+        table(['method', *(name.replace('_', ' ') for name in conditions)], rows)
+
+    if summary and summary.get('labels_to_target'):
+        target = summary['target_force_rmse_mev_per_ang']
+        seeds = [str(seed) for seed in sorted({r['seed'] for r in records})]
+        lines.append(f"Labels to random's final overall error ({target:.1f} meV/Å; linear interpolation; – : never):")
+        lines.append('')
+        rows = []
+        for method, value in summary['labels_to_target'].items():
+            ratio = summary['labels_ratio_vs_random'].get(method)
+            per_seed = summary.get('labels_to_target_per_seed', {}).get(method, {})
+            cells = ['–' if value is None else f'{value:.0f}', '–' if ratio is None else f'{ratio:.2f}']
+            cells += ['–' if per_seed.get(seed) is None else f'{per_seed[seed]:.0f}' for seed in seeds]
+            rows.append([METHOD_TITLES.get(method, method), *cells])
+        table(['method', 'labels (seed mean)', 'ratio to random', *(f'seed {seed}' for seed in seeds)], rows)
+    return '\n'.join(lines)
+
+
 # ---------------------------------------------------------------------------------------------------- settings check
 #: model sizes the convergence check compares (GMNNHyperparameters overrides)
 MODEL_SIZES: dict[str, tuple[tuple[str, Any], ...]] = {
@@ -1057,6 +1138,10 @@ def main(argv: list[str] | None = None) -> None:
         action='store_true',
         help='with --resume: run nothing, summarise (and plot) the seeds whose campaigns all finished',
     )
+    parser.add_argument(
+        '--tables', type=pathlib.Path, default=None,
+        help="also write the run's tables (learning curves, per condition, labels to target) as Markdown there",
+    )  # fmt: skip
     parser.add_argument('--device', default='cpu', help="where the models train and predict ('cpu', 'cuda')")
     parser.add_argument(
         '--convergence-check', action='store_true',
@@ -1173,6 +1258,10 @@ def main(argv: list[str] | None = None) -> None:
         out['model_kind'] = args.model
         out['hyperparameters'] = settings.hyperparameters().to_dict()
         out['avg_num_neighbors'] = "from each round's training set (the train job's rule), in each round's line"
+    if args.tables is not None:
+        args.tables.parent.mkdir(parents=True, exist_ok=True)
+        args.tables.write_text(markdown_tables(records, out), encoding='utf-8')
+        out['tables'] = str(args.tables)
     emit(out)
 
 

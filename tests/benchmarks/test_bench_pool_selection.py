@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import pathlib
@@ -30,6 +31,40 @@ SUMMARY_KEYS = (
 
 def _positive(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location('bench_pool_selection', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_markdown_tables_give_seed_means_and_deviations():
+    """The docs' tables from round lines: mean ± (population) std over the seeds, '–' where a method lacks a count."""
+    bench = _script()
+
+    def record(method, seed, labels, force, worst):
+        per_condition = {'bulk_300K': force / 2, 'melt_2000K': worst}
+        return {'method': method, 'seed': seed, 'labels': labels, 'force_rmse_mev_per_ang': force,
+                'force_rmse_max_over_conditions_mev_per_ang': worst, 'energy_rmse_mev_per_atom': 1.0,
+                'energy_rmse_max_over_conditions_mev_per_atom': 2.0,
+                'force_rmse_per_condition_mev_per_ang': per_condition}  # fmt: skip
+
+    records = [
+        record('random', 0, 20, 30.0, 60.0), record('random', 1, 20, 34.0, 64.0),
+        record('random', 0, 40, 20.0, 40.0), record('random', 1, 40, 22.0, 48.0),
+        record('lcmd_feat', 0, 20, 30.0, 60.0), record('lcmd_feat', 1, 20, 34.0, 64.0),
+    ]  # fmt: skip
+    text = bench.markdown_tables(records)
+    overall, worst = text.split('Worst condition')[0], text.split('Worst condition')[1].split('Per condition')[0]
+    assert '| random | 32.0 ± 2.0 | 21.0 ± 1.0 |' in overall
+    assert '| LCMD + FEAT | 32.0 ± 2.0 | – |' in overall
+    assert '| random | 62.0 ± 2.0 | 44.0 ± 4.0 |' in worst
+    assert 'Per condition at 40 labels' in text
+    assert '| random | 10.5 | 44.0 |' in text  # bulk: (20 + 22) / 4, melt: the worst values' mean
+    assert 'Labels to' not in text  # no summary line given
 
 
 @pytest.mark.campaign
@@ -113,12 +148,17 @@ def test_quick_mode_runs_every_method(tmp_path):
     full = tmp_path / 'full.jsonl'
     full.write_text(completed.stdout)
     command = [sys.executable, str(SCRIPT), '--quick', '--cache', str(tmp_path / 'cache'), '--plot', str(plot)]
-    only = subprocess.run([*command, '--resume', str(full), '--summary-only'], capture_output=True, text=True,
-                          timeout=600, check=False)  # fmt: skip
+    tables = tmp_path / 'tables.md'
+    only = subprocess.run([*command, '--resume', str(full), '--summary-only', '--tables', str(tables)],
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
     assert only.returncode == 0, only.stderr[-4000:]
     (line,) = [json.loads(text) for text in only.stdout.splitlines() if text.startswith('{')]
     assert line['summary'] and line['summary_only'] and line['seeds'] == [0]
     assert line['labels_to_target'] == summary['labels_to_target']
+    text = tables.read_text()
+    random_final = next(r for r in records if r['method'] == 'random' and r['labels'] == counts[-1])
+    assert f'| random | {random_final["force_rmse_mev_per_ang"]:.1f} ± 0.0 |' in text.split('Worst')[0]
+    assert text.count('| LCMD + FEAT |') == 4  # overall, worst, per condition, labels to target
     refused = subprocess.run([*command, '--resume', str(partial), '--summary-only'], capture_output=True, text=True,
                              timeout=600, check=False)  # fmt: skip
     assert refused.returncode != 0 and 'no seed of [0] has every campaign finished' in refused.stderr
