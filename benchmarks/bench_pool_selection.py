@@ -125,7 +125,8 @@ selection; then one line with ``"summary": true``:
 
 ``--plot`` writes the learning curves (overall and worst-condition force RMSE against labels, mean ± std over seeds,
 log-log), ``--tables F`` the tables of the docs (Markdown: those curves at 20-200 labels, per condition at the
-final labels, labels to target per method and seed). ``--jobs N`` runs N campaigns (the first time also the MD runs) in parallel single-threaded processes.
+final labels, the conditions of the picked labels, labels to target per method and seed, ratios to random at equal
+labels). ``--jobs N`` runs N campaigns (the first time also the MD runs) in parallel single-threaded processes.
 
 Cost, CPU time of one core on the project's (shared) machine: an optimiser step costs 30-38 ms (the small early
 sets validate after every one of their many epochs), a curve trains 10 models with 36 480 steps in all, 20-23 min;
@@ -867,8 +868,9 @@ TABLE_LABELS = (20, 40, 60, 100, 140, 200)
 
 def markdown_tables(records: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> str:
     """The docs' tables of a run (Markdown): overall and worst-condition test force RMSE, meV/Å, mean ± standard
-    deviation over the seeds at :data:`TABLE_LABELS`; per condition at the final labels (seed means); labels to
-    random's final error per method, from the seed-mean curve and per seed (``summary``: the summary line)."""
+    deviation over the seeds at :data:`TABLE_LABELS`; per condition at the final labels (seed means); the
+    conditions of the picked labels; with ``summary`` (the summary line) labels to random's final error per method,
+    from the seed-mean curve and per seed, and the RMSE ratios to random at equal labels."""
     curves = curves_of(records)
     if not curves:
         return ''
@@ -916,6 +918,24 @@ def markdown_tables(records: list[dict[str, Any]], summary: dict[str, Any] | Non
             rows.append([METHOD_TITLES.get(method, method), *cells])
         table(['method', *(name.replace('_', ' ') for name in conditions)], rows)
 
+        lines.append(
+            'Share of each condition among the labels every method picked (rounds after the first, all seeds):'
+        )
+        lines.append('')
+        rows = []
+        for method in curves:
+            picked = dict.fromkeys(conditions, 0)
+            for seed in {r['seed'] for r in records if r['method'] == method}:
+                mine = sorted((r for r in records if r['method'] == method and r['seed'] == seed),
+                              key=lambda r: r['labels'])  # fmt: skip
+                first, last = mine[0].get('labelled_per_condition', {}), mine[-1].get('labelled_per_condition', {})
+                for name in conditions:
+                    picked[name] += last.get(name, 0) - first.get(name, 0)
+            total = sum(picked.values())
+            cells = [f'{100 * picked[name] / total:.0f} %' if total else '–' for name in conditions]
+            rows.append([METHOD_TITLES.get(method, method), *cells])
+        table(['method', *(name.replace('_', ' ') for name in conditions)], rows)
+
     if summary and summary.get('labels_to_target'):
         target = summary['target_force_rmse_mev_per_ang']
         seeds = [str(seed) for seed in sorted({r['seed'] for r in records})]
@@ -929,6 +949,20 @@ def markdown_tables(records: list[dict[str, Any]], summary: dict[str, Any] | Non
             cells += ['–' if per_seed.get(seed) is None else f'{per_seed[seed]:.0f}' for seed in seeds]
             rows.append([METHOD_TITLES.get(method, method), *cells])
         table(['method', 'labels (seed mean)', 'ratio to random', *(f'seed {seed}' for seed in seeds)], rows)
+        mid, end = (summary.get(f'rmse_ratio_vs_random_at_{tag}_labels') for tag in ('mid', 'final'))
+        if mid and end:
+            lines.append('Force RMSE relative to random at equal labels (seed means):')
+            lines.append('')
+            header = ['method']
+            for ratios in (mid, end):
+                header += [f'overall, {ratios["labels"]} labels', f'worst, {ratios["labels"]} labels']
+            rows = []
+            for method in curves:
+                if method in mid and method in end:
+                    cells = [f'{ratios[method][quantity]:.2f}' for ratios in (mid, end)
+                             for quantity in ('force', 'force_worst')]  # fmt: skip
+                    rows.append([METHOD_TITLES.get(method, method), *cells])
+            table(header, rows)
     return '\n'.join(lines)
 
 

@@ -42,29 +42,47 @@ def _script():
 
 
 def test_markdown_tables_give_seed_means_and_deviations():
-    """The docs' tables from round lines: mean ± (population) std over the seeds, '–' where a method lacks a count."""
+    """The docs' tables from round lines: mean ± (population) std over the seeds, '–' where a method lacks a count,
+    the conditions of the picked labels, and with the summary line the labels to target and the ratios."""
     bench = _script()
 
-    def record(method, seed, labels, force, worst):
+    def record(method, seed, labels, force, worst, melt_labels=0):
         per_condition = {'bulk_300K': force / 2, 'melt_2000K': worst}
         return {'method': method, 'seed': seed, 'labels': labels, 'force_rmse_mev_per_ang': force,
                 'force_rmse_max_over_conditions_mev_per_ang': worst, 'energy_rmse_mev_per_atom': 1.0,
-                'energy_rmse_max_over_conditions_mev_per_atom': 2.0,
-                'force_rmse_per_condition_mev_per_ang': per_condition}  # fmt: skip
+                'energy_rmse_max_over_conditions_mev_per_atom': 2.0, 'train_cpu_s': 1.0,
+                'force_rmse_per_condition_mev_per_ang': per_condition,
+                'labelled_per_condition': {'bulk_300K': labels - melt_labels, 'melt_2000K': melt_labels}}  # fmt: skip
 
     records = [
         record('random', 0, 20, 30.0, 60.0), record('random', 1, 20, 34.0, 64.0),
-        record('random', 0, 40, 20.0, 40.0), record('random', 1, 40, 22.0, 48.0),
+        record('random', 0, 40, 20.0, 40.0, 5), record('random', 1, 40, 22.0, 48.0, 5),
         record('lcmd_feat', 0, 20, 30.0, 60.0), record('lcmd_feat', 1, 20, 34.0, 64.0),
+        record('lcmd_feat', 0, 40, 18.0, 30.0, 15), record('lcmd_feat', 1, 40, 20.0, 34.0, 20),
+        record('maxdet_gp', 0, 20, 30.0, 60.0), record('maxdet_gp', 1, 20, 34.0, 64.0),
     ]  # fmt: skip
     text = bench.markdown_tables(records)
     overall, worst = text.split('Worst condition')[0], text.split('Worst condition')[1].split('Per condition')[0]
     assert '| random | 32.0 ± 2.0 | 21.0 ± 1.0 |' in overall
-    assert '| LCMD + FEAT | 32.0 ± 2.0 | – |' in overall
+    assert '| LCMD + FEAT | 32.0 ± 2.0 | 19.0 ± 1.0 |' in overall
+    assert '| MaxDet + GP | 32.0 ± 2.0 | – |' in overall
     assert '| random | 62.0 ± 2.0 | 44.0 ± 4.0 |' in worst
     assert 'Per condition at 40 labels' in text
     assert '| random | 10.5 | 44.0 |' in text  # bulk: (20 + 22) / 4, melt: the worst values' mean
+    assert '| random | 75 % | 25 % |' in text and '| LCMD + FEAT | 12 % | 88 % |' in text  # (5 + 0) / 40, 35 / 40
     assert 'Labels to' not in text  # no summary line given
+
+    settings = bench.dataclasses.replace(bench.Settings(), n_initial=20, batch_size=20, max_labels=40)
+    summary = bench.summarise(records, settings)
+    text = bench.markdown_tables(records, summary)
+    # random's final mean 21.0; LCMD's mean curve 32 -> 19 crosses it at 20 + 20 * 11 / 13 = 36.9 labels; its seed
+    # 0 (30 -> 18) at 20 + 20 * 9 / 12 = 35, seed 1 (34 -> 20) at 20 + 20 * 13 / 14 = 38.6; random's seed 0 at 38,
+    # its seed 1 never
+    assert "Labels to random's final overall error (21.0 meV/Å" in text
+    assert '| random | 40 | 1.00 | 38 | – |' in text
+    assert '| LCMD + FEAT | 37 | 0.92 | 35 | 39 |' in text
+    assert '| MaxDet + GP | – | – | – | – |' in text
+    assert '| LCMD + FEAT | 0.90 | 0.73 | 0.90 | 0.73 |' in text  # 19 / 21, 32 / 44 (two rounds: mid = final)
 
 
 @pytest.mark.campaign
