@@ -862,7 +862,7 @@ METHOD_TITLES = {
     'lcmd_feat': 'LCMD + FEAT',
     'qbc_maxdiag': 'QBC MaxDiag',
 }
-#: label counts the learning-curve tables show (those a run has; all of them when it has none of these)
+#: label counts the learning-curve tables show (those a run has; all of its counts when it has fewer than two of these)
 TABLE_LABELS = (20, 40, 60, 100, 140, 200)
 
 
@@ -875,7 +875,8 @@ def markdown_tables(records: list[dict[str, Any]], summary: dict[str, Any] | Non
     if not curves:
         return ''
     labels = sorted({count for curve in curves.values() for count in curve['labels']})
-    columns = [count for count in labels if count in TABLE_LABELS] or labels
+    columns = [count for count in labels if count in TABLE_LABELS]
+    columns = columns if len(columns) > 1 else labels
     n_seeds = max(len(curve['seeds']) for curve in curves.values())
     lines: list[str] = []
 

@@ -175,8 +175,10 @@ def test_quick_mode_runs_every_method(tmp_path):
     assert line['labels_to_target'] == summary['labels_to_target']
     text = tables.read_text()
     random_final = next(r for r in records if r['method'] == 'random' and r['labels'] == counts[-1])
-    assert f'| random | {random_final["force_rmse_mev_per_ang"]:.1f} ± 0.0 |' in text.split('Worst')[0]
-    assert text.count('| LCMD + FEAT |') == 4  # overall, worst, per condition, labels to target
+    random_row = next(row for row in text.split('Worst')[0].splitlines() if row.startswith('| random |'))
+    assert random_row.endswith(f'| {random_final["force_rmse_mev_per_ang"]:.1f} ± 0.0 |')  # the final count last
+    assert text.count('| LCMD + FEAT |') == 6  # overall, worst, per condition, picks, labels to target, ratios
+    assert f'| method | {" | ".join(map(str, counts))} |' in text  # the quick run's counts: all columns
     refused = subprocess.run([*command, '--resume', str(partial), '--summary-only'], capture_output=True, text=True,
                              timeout=600, check=False)  # fmt: skip
     assert refused.returncode != 0 and 'no seed of [0] has every campaign finished' in refused.stderr
