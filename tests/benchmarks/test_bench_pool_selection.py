@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -10,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tests.benchmarks import load_benchmark
 
 pytestmark = pytest.mark.benchmark
 
@@ -33,18 +34,10 @@ def _positive(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location('bench_pool_selection', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_markdown_tables_give_seed_means_and_deviations():
     """The docs' tables from round lines: mean ± (population) std over the seeds, '–' where a method lacks a count,
     the conditions of the picked labels, and with the summary line the labels to target and the ratios."""
-    bench = _script()
+    bench = load_benchmark('bench_pool_selection')
 
     def record(method, seed, labels, force, worst, melt_labels=0):
         per_condition = {'bulk_300K': force / 2, 'melt_2000K': worst}

@@ -3,21 +3,15 @@ needs root and the acct package, so it is exercised by running the script, not h
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import pytest
+
+from tests.benchmarks import load_benchmark
 
 pytestmark = pytest.mark.benchmark
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / 'benchmarks' / 'suite_cpu.py'
-
 
 def _module():
-    spec = importlib.util.spec_from_file_location('suite_cpu', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('suite_cpu')
 
 
 def test_processes_are_filed_by_their_command_line():
